@@ -1,0 +1,222 @@
+"""Validate every knob option once, into one frozen Settings object.
+
+Each value comes from the command line if given there, else from the ini file, else from the
+default in ``options.py``. Every problem is a ``pytest.UsageError`` naming where the value
+came from, what it was, and what is accepted: pytest prints it as one ``ERROR:`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from pytest_greenllm.devices.base import DEVICE_KINDS
+from pytest_greenllm.knobs import ALL_CLOCKS
+from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model
+from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, KnobOption
+from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
+from pytest_greenllm.workloads import (
+    DEFAULT_BUCKETS,
+    REPLAY,
+    Workload,
+    custom_workload,
+    replay_workload,
+)
+
+MAX_CLOCK_MHZ: Final = 10_000
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One option's raw text and where it came from, for error messages."""
+
+    option: KnobOption
+    text: str
+    source: str  # e.g. '--greenllm-tp=0' or 'ini greenllm_tp = 0'
+
+    def error(self, why: str) -> pytest.UsageError:
+        return pytest.UsageError(f"{self.source}: {why}")
+
+    def items(self) -> list[str]:
+        return [item.strip() for item in self.text.split(",")]
+
+
+def parse_positive_ints(raw: Raw, what: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers >= 1, duplicates dropped, order kept."""
+    values = []
+    for item in raw.items():
+        if not item.isdigit() or int(item) < 1:
+            raise raw.error(f"{what} must be whole numbers >= 1, comma separated, e.g. 1,2,4")
+        values.append(int(item))
+    return tuple(dict.fromkeys(values))
+
+
+def parse_positive_int(raw: Raw, what: str) -> int:
+    """One whole number >= 1."""
+    if not raw.text.strip().isdigit() or int(raw.text) < 1:
+        raise raw.error(f"{what} must be a whole number >= 1")
+    return int(raw.text)
+
+
+def parse_freqs(raw: Raw) -> tuple[int | None, ...] | str:
+    """'all', or MHz values and 'default' (leave clocks alone), comma separated."""
+    if raw.text.strip().lower() == ALL_CLOCKS:
+        return ALL_CLOCKS
+    freqs: list[int | None] = []
+    for item in raw.items():
+        if item.lower() == "default":
+            freqs.append(None)
+        elif item.isdigit() and 1 <= int(item) <= MAX_CLOCK_MHZ:
+            freqs.append(int(item))
+        else:
+            raise raw.error(
+                f"{item!r} is not a clock; give MHz values such as 1410,1980, 'all' for every "
+                "supported clock, or 'default' to leave clocks alone"
+            )
+    return tuple(dict.fromkeys(freqs))
+
+
+def parse_workloads(raw: Raw, buckets: Mapping[str, tuple[int, int]], trace: Trace | None) -> tuple[Workload, ...]:
+    """Bucket names (S, M, L), custom input:output pairs, and 'trace'."""
+    accepted = f"use {', '.join(buckets)}, {REPLAY}, or input:output token counts such as 512:128"
+    workloads = []
+    for item in raw.items():
+        name = item.upper()
+        if name in buckets:
+            workloads.append(Workload(name, *buckets[name]))
+        elif item.lower() == REPLAY:
+            if trace is None:
+                raise raw.error(
+                    f"the {REPLAY} workload replays a trace; give one with --greenllm-trace=CSV"
+                )
+            workloads.append(replay_workload(trace))
+        elif ":" in item:
+            inp, _, out = item.partition(":")
+            if not (inp.isdigit() and out.isdigit() and int(inp) >= 1 and int(out) >= 1):
+                raise raw.error(f"{item!r}: input and output token counts must be >= 1; {accepted}")
+            workloads.append(custom_workload(int(inp), int(out)))
+        else:
+            raise raw.error(f"unknown workload {item!r}; {accepted}")
+    return tuple(dict.fromkeys(workloads))
+
+
+def parse_requests(raw: Raw) -> int | None:
+    """'auto' (None) or a request count >= 1."""
+    if raw.text.strip().lower() == "auto":
+        return None
+    return parse_positive_int(raw, "the request count ('auto' or a number)")
+
+
+def parse_seed(raw: Raw) -> int:
+    """A whole number >= 0."""
+    if not raw.text.strip().isdigit():
+        raise raw.error("the seed must be a whole number >= 0")
+    return int(raw.text)
+
+
+def parse_device(raw: Raw) -> str:
+    """One of the device kinds."""
+    kind = raw.text.strip().lower()
+    if kind not in DEVICE_KINDS:
+        raise raw.error(f"unknown device; use one of {', '.join(DEVICE_KINDS)}")
+    return kind
+
+
+def parse_model(raw: Raw) -> ModelInfo:
+    """'embedded', a local model directory or a hub id."""
+    try:
+        return resolve_model(raw.text.strip())
+    except ModelError as e:
+        raise raw.error(str(e)) from None
+
+
+def parse_trace(raw: Raw) -> Trace | None:
+    """An Azure-format trace CSV, loaded and checked; empty for none."""
+    if not raw.text.strip():
+        return None
+    try:
+        return load_trace(raw.text.strip())
+    except TraceError as e:
+        raise raw.error(str(e)) from None
+
+
+def parse_json_path(raw: Raw) -> Path | None:
+    """Where the JSON report goes; empty for nowhere."""
+    if not raw.text.strip():
+        return None
+    path = Path(raw.text.strip())
+    if path.is_dir():
+        raise raw.error("is a directory; give a file path for the JSON report")
+    return path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob, validated. Built once per session and kept in ``config.stash``."""
+
+    enabled: bool
+    freqs: tuple[int | None, ...] | str  # MHz values (None: default clocks) or 'all'
+    tps: tuple[int, ...]
+    batches: tuple[int, ...]
+    workloads: tuple[Workload, ...]
+    model: ModelInfo
+    device: str
+    repeats: int
+    requests: int | None  # None: 'auto', see workloads.request_count
+    seed: int
+    trace: Trace | None
+    json_path: Path | None
+
+    @classmethod
+    def from_sources(
+        cls,
+        enabled: bool,
+        cli: Mapping[str, str | None],
+        ini: Mapping[str, str],
+        flag_prefix: str,
+    ) -> Settings:
+        """Build from command-line values (None: not given) and ini values ('' : not set)."""
+        raw: dict[str, Raw] = {}
+        for option in OPTIONS:
+            given = cli.get(option.dest)
+            if given is not None:
+                raw[option.name] = Raw(option, given, f"{flag_prefix}{option.name}={given}")
+            elif ini.get(option.ini, ""):
+                text = ini[option.ini]
+                raw[option.name] = Raw(option, text, f"ini {option.ini} = {text}")
+            else:
+                raw[option.name] = Raw(option, option.default, f"default {option.name}={option.default}")
+        trace = parse_trace(raw["trace"])
+        buckets = DEFAULT_BUCKETS
+        if trace is not None:
+            buckets = {b.name: (b.input_tokens, b.output_tokens) for b in derive_buckets(trace)}
+        return cls(
+            enabled=enabled,
+            freqs=parse_freqs(raw["freqs"]),
+            tps=parse_positive_ints(raw["tp"], "tensor-parallel sizes"),
+            batches=parse_positive_ints(raw["batch"], "batch sizes"),
+            workloads=parse_workloads(raw["workloads"], buckets, trace),
+            model=parse_model(raw["model"]),
+            device=parse_device(raw["device"]),
+            repeats=parse_positive_int(raw["repeats"], "the repeat count"),
+            requests=parse_requests(raw["requests"]),
+            seed=parse_seed(raw["seed"]),
+            trace=trace,
+            json_path=parse_json_path(raw["json"]),
+        )
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        """Build from pytest's options and ini."""
+        getoption: Callable[[str], str | None] = config.getoption
+        cli = {option.dest: getoption(option.dest) for option in OPTIONS}
+        ini = {option.ini: str(config.getini(option.ini)) for option in OPTIONS}
+        enabled = bool(config.getoption(ENABLE_FLAG.lstrip("-")))
+        return cls.from_sources(enabled, cli, ini, "--greenllm-")
+
+
+settings_key: Final = pytest.StashKey[Settings]()

@@ -1,0 +1,1 @@
+"""Devices: what the engine runs on, which clocks can be locked, and (later) energy meters."""

@@ -1,0 +1,108 @@
+"""The knob options, defined once for both pytest and the ``greenllm`` command.
+
+pytest-benchmark shares its display options between ``pytest_addoption`` and its CLI by
+writing them once with a prefix; we do the same so that a flag, its ini key and its help
+text can never drift apart between the two entry points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENABLE_FLAG = "--greenllm"
+PYTEST_PREFIX = "--greenllm-"
+INI_PREFIX = "greenllm_"
+
+
+@dataclass(frozen=True)
+class KnobOption:
+    """One knob: ``--greenllm-<name>`` on the command line, ``greenllm_<name>`` in ini."""
+
+    name: str
+    metavar: str
+    default: str
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return INI_PREFIX + self.name.replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+    @property
+    def flag(self) -> str:
+        return PYTEST_PREFIX + self.name
+
+
+OPTIONS: tuple[KnobOption, ...] = (
+    KnobOption(
+        "freqs",
+        "MHZ,...",
+        "800,1200,1600,1980",
+        "GPU SM clocks to lock, in MHz, comma separated; snapped to the nearest clock the "
+        "device supports. 'all' sweeps every supported clock, 'default' leaves clocks alone.",
+    ),
+    KnobOption(
+        "tp", "N,...", "1,2,4,8", "Tensor-parallel sizes (GPUs per engine), comma separated."
+    ),
+    KnobOption(
+        "batch",
+        "N,...",
+        "1,8,32",
+        "Batch sizes: the engine's max_num_seqs, the most requests decoded together.",
+    ),
+    KnobOption(
+        "workloads",
+        "W,...",
+        "S,M,L",
+        "Workloads: buckets S, M, L, custom input:output token pairs such as 512:128, and "
+        "'trace' to replay --greenllm-trace.",
+    ),
+    KnobOption(
+        "model",
+        "MODEL",
+        "embedded",
+        "Model to serve: 'embedded' (a tiny Llama shipped with the plugin, random weights), "
+        "a local directory with config.json, or a model hub id.",
+    ),
+    KnobOption(
+        "device",
+        "KIND",
+        "auto",
+        "Energy meter and clock control: auto, nvml, rapl, fake or none.",
+    ),
+    KnobOption("repeats", "N", "1", "Runs of every knob point."),
+    KnobOption(
+        "requests",
+        "N",
+        "auto",
+        "Requests per knob point; 'auto' is twice the batch size, at least 8.",
+    ),
+    KnobOption("seed", "N", "0", "Seed of the token-id prompts: same seed, same prompts."),
+    KnobOption(
+        "trace",
+        "CSV",
+        "",
+        "Azure LLM inference trace (TIMESTAMP,ContextTokens,GeneratedTokens): S, M and L "
+        "become its length terciles, and the 'trace' workload replays it.",
+    ),
+    KnobOption("json", "PATH", "", "Write the JSON report to PATH."),
+)
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def add_knob_options(addoption: Callable[..., Any], prefix: str) -> None:
+    """Declare every knob with ``addoption`` (pytest's or argparse's), flags ``prefix+name``."""
+    for option in OPTIONS:
+        shown = option.default or "none"
+        addoption(
+            prefix + option.name,
+            dest=option.dest,
+            metavar=option.metavar,
+            default=None,
+            help=f"{option.help} Default: {shown}.",
+        )
