@@ -15,7 +15,7 @@ from typing import Final
 import pytest
 
 from pytest_greenllm.devices.base import DEVICE_KINDS
-from pytest_greenllm.knobs import ALL_CLOCKS
+from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, KnobOption
 from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
@@ -62,9 +62,9 @@ def parse_positive_int(raw: Raw, what: str) -> int:
     return int(raw.text)
 
 
-def parse_freqs(raw: Raw) -> tuple[int | None, ...] | str:
+def parse_freqs(raw: Raw) -> FreqRequest:
     """'all', or MHz values and 'default' (leave clocks alone), comma separated."""
-    if raw.text.strip().lower() == ALL_CLOCKS:
+    if raw.text.strip().lower() == ALL_CLOCKS.value:
         return ALL_CLOCKS
     freqs: list[int | None] = []
     for item in raw.items():
@@ -159,7 +159,7 @@ class Settings:
     """Every knob, validated. Built once per session and kept in ``config.stash``."""
 
     enabled: bool
-    freqs: tuple[int | None, ...] | str  # MHz values (None: default clocks) or 'all'
+    freqs: FreqRequest
     tps: tuple[int, ...]
     batches: tuple[int, ...]
     workloads: tuple[Workload, ...]

@@ -7,18 +7,31 @@ workload, so those vary inside a group.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeAlias, TypeVar
 
 from pytest_greenllm.devices.base import Capabilities
 from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import Workload
 
 T = TypeVar("T")
-ALL_CLOCKS = "all"
+
+
+class _Clocks(enum.Enum):
+    ALL = "all"
+
+
+ALL_CLOCKS: Literal[_Clocks.ALL] = _Clocks.ALL
+# The requested clocks: MHz values and None (leave the clocks alone), or every supported one.
+FreqRequest: TypeAlias = tuple[int | None, ...] | Literal[_Clocks.ALL]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 @dataclass(frozen=True)
@@ -80,26 +93,27 @@ class Matrix:
     def header_lines(self) -> list[str]:
         """What the session header and ``greenllm knobs`` say about the matrix."""
         lines = [
-            f"greenllm: {len(self.points)} points, {len(self.engine_configs)} engine builds, "
+            f"greenllm: {_count(len(self.points), 'point')}, "
+            f"{_count(len(self.engine_configs), 'engine build')}, "
             f"device={self.capabilities.kind} ({self.capabilities.accelerator})"
         ]
         lines.extend(f"greenllm: {note}" for note in self.notes)
         for reason, count in Counter(reason for _, reason in self.removed).items():
-            lines.append(f"greenllm: removed {count} point{'s' * (count != 1)}: {reason}")
+            lines.append(f"greenllm: removed {_count(count, 'point')}: {reason}")
         return lines
 
 
-def resolve_freqs(requested: Sequence[int | None] | str, caps: Capabilities) -> FreqAxis:
+def resolve_freqs(requested: FreqRequest, caps: Capabilities) -> FreqAxis:
     """Turn the requested clocks into lockable ones: snap, drop duplicates, or collapse."""
     if not caps.can_lock_clocks:
-        if requested == ALL_CLOCKS or any(f is not None for f in requested):
+        if requested is ALL_CLOCKS or any(f is not None for f in requested):
             note = (
                 f"device={caps.kind} cannot lock clocks: the frequency axis is 'default' "
                 "(use an NVML device to sweep clocks)"
             )
             return FreqAxis((None,), (note,), {})
         return FreqAxis((None,), (), {})
-    if requested == ALL_CLOCKS:
+    if requested is ALL_CLOCKS:
         return FreqAxis(caps.clocks_mhz, (), {})
     lowest, highest = caps.clocks_mhz[0], caps.clocks_mhz[-1]
     freqs: list[int | None] = []
@@ -149,7 +163,7 @@ def expand(
     tps: Sequence[int],
     batches: Sequence[int],
     workloads: Sequence[Workload],
-    freqs: Sequence[int | None] | str,
+    freqs: FreqRequest,
     caps: Capabilities,
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
