@@ -43,6 +43,8 @@ class Trace:
 
     def replay(self, count: int) -> tuple[TraceRequest, ...]:
         """The first ``count`` requests, with their recorded arrivals and lengths."""
+        if count < 0:
+            raise ValueError(f"a request count cannot be negative, got {count}")
         if count > len(self.requests):
             raise TraceError(
                 f"{self.path}: {count} requests asked for, the trace holds {len(self.requests)}"
@@ -75,7 +77,8 @@ def load_trace(path: str | Path) -> Trace:
     """Read a trace CSV; arrivals become offsets from the first request."""
     path = Path(path)
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        # utf-8-sig: spreadsheet exports start with a byte-order mark.
+        handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as e:
         raise TraceError(f"{path}: cannot read the trace ({e.strerror})") from e
     stamps: list[datetime] = []
@@ -87,14 +90,18 @@ def load_trace(path: str | Path) -> Trace:
             raise TraceError(
                 f"{path}:1: expected the header {','.join(COLUMNS)}, found {header!r}"
             )
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row:
+                continue
             if len(row) != len(COLUMNS):
                 raise TraceError(f"{where}: expected 3 columns, found {len(row)}")
             try:
                 stamp = datetime.fromisoformat(row[0].strip())
             except ValueError:
                 raise TraceError(f"{where}: TIMESTAMP={row[0]!r} is not a timestamp") from None
+            if stamps and (stamp.tzinfo is None) != (stamps[-1].tzinfo is None):
+                raise TraceError(f"{where}: TIMESTAMP mixes times with and without a time zone")
             if stamps and stamp < stamps[-1]:
                 raise TraceError(f"{where}: TIMESTAMP goes back in time; sort the trace")
             stamps.append(stamp)

@@ -23,7 +23,7 @@ MIN_AUTO_REQUESTS = 8
 
 @dataclass(frozen=True)
 class Workload:
-    """A request shape. For trace replay the lengths are the trace's medians."""
+    """A request shape. For trace replay the lengths are the trace's longest, for the context check."""
 
     name: str  # test-id part: S, M, L, 512x128 or trace
     input_tokens: int

@@ -1,0 +1,249 @@
+"""The knob matrix: its size, why points are removed, clock snapping and engine grouping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_greenllm.devices.base import Capabilities
+from pytest_greenllm.devices.fake import FAKE_CLOCKS_MHZ, FAKE_GPU_NAME
+from pytest_greenllm.knobs import (
+    ALL_CLOCKS,
+    FreqRequest,
+    KnobPoint,
+    Matrix,
+    expand,
+    group_by_engine,
+    resolve_freqs,
+)
+from pytest_greenllm.model_info import ModelInfo
+from pytest_greenllm.workloads import DEFAULT_BUCKETS, Workload, custom_workload
+
+S, M, L = (Workload(name, *DEFAULT_BUCKETS[name]) for name in "SML")
+
+
+def model(heads: int | None = None, kv: int | None = None, ctx: int | None = None) -> ModelInfo:
+    return ModelInfo("m", "m", False, heads, kv, ctx, None)
+
+
+def caps(units: int = 8, clocks: tuple[int, ...] = FAKE_CLOCKS_MHZ) -> Capabilities:
+    return Capabilities("fake", FAKE_GPU_NAME, units, "GPUs", clocks)
+
+
+def matrix(
+    *,
+    tps: Sequence[int] = (1,),
+    batches: Sequence[int] = (1,),
+    workloads: Sequence[Workload] = (S,),
+    freqs: FreqRequest = (None,),
+    info: ModelInfo | None = None,
+    device: Capabilities | None = None,
+) -> Matrix:
+    return expand(
+        model=info or model(), tps=tps, batches=batches, workloads=workloads,
+        freqs=freqs, caps=device or caps(),
+    )
+
+
+def removed_reasons(m: Matrix) -> dict[str, str]:
+    return {point.id: reason for point, reason in m.removed}
+
+
+def is_grouped(keys: Sequence[Hashable]) -> bool:
+    """Whether equal keys form one run each: a key never comes back after another one."""
+    runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    return len(runs) == len(set(runs))
+
+
+clocks_st = st.lists(st.integers(100, 3000), max_size=10, unique=True).map(
+    lambda c: tuple(sorted(c))
+)
+freqs_st: st.SearchStrategy[FreqRequest] = st.one_of(
+    st.just(ALL_CLOCKS), st.lists(st.none() | st.integers(1, 4000), max_size=5).map(tuple)
+)
+optional_int = st.none() | st.integers(1, 64)
+# The settings layer drops duplicate knob values, so expand() only ever sees unique ones.
+tps_st = st.lists(st.integers(1, 16), min_size=1, max_size=4, unique=True)
+batches_st = st.lists(st.integers(1, 256), min_size=1, max_size=3, unique=True)
+workloads_st = st.lists(
+    st.builds(custom_workload, st.integers(1, 8192), st.integers(1, 2048)),
+    min_size=1, max_size=3, unique=True,
+)
+
+
+@given(
+    clocks_st, freqs_st, tps_st, batches_st, workloads_st, st.integers(1, 8),
+    st.builds(model, optional_int, optional_int, st.none() | st.integers(1, 10_000)),
+    st.integers(1, 4),
+)
+def test_every_combination_is_kept_or_removed_exactly_once(
+    clocks: tuple[int, ...], freqs: FreqRequest, tps: list[int], batches: list[int],
+    workloads: list[Workload], units: int, info: ModelInfo, reject_modulus: int,
+) -> None:
+    device = caps(units, clocks)
+
+    def reject(point: KnobPoint) -> list[str]:
+        return [f"batch {point.batch} rejected"] if point.batch % reject_modulus == 0 else []
+
+    m = expand(model=info, tps=tps, batches=batches, workloads=workloads, freqs=freqs,
+               caps=device, extra_problems=reject)
+    axis = resolve_freqs(freqs, device)
+    removed = [point for point, _ in m.removed]
+    combinations = len(axis.freqs) * len(tps) * len(batches) * len(workloads)
+    assert len(m.points) + len(m.removed) == combinations
+    assert all(reason for _, reason in m.removed)
+    assert len(set(m.points)) == len(m.points)
+    assert not set(m.points) & set(removed)
+    assert all(point.batch % reject_modulus for point in m.points)
+    for point, reason in m.removed:
+        assert (f"batch {point.batch} rejected" in reason) == (point.batch % reject_modulus == 0)
+    # Building an engine is the slow step: each engine config must be built once, not again later.
+    assert is_grouped([point.engine for point in m.points])
+    assert len(m.engine_configs) == len({point.engine for point in m.points})
+
+
+@pytest.mark.parametrize(
+    ("build", "point_id", "reason"),
+    [
+        (lambda: matrix(tps=(1, 2, 4), device=caps(units=2)), "S-tp4-b1-default",
+         "tp4 needs 4 GPUs, 2 visible"),
+        (lambda: matrix(tps=(4, 8), info=model(heads=12)), "S-tp8-b1-default",
+         "tp8 does not divide the model's 12 attention heads"),
+        (lambda: matrix(tps=(2, 4), info=model(heads=24, kv=6)), "S-tp4-b1-default",
+         "tp4 and the model's 6 KV heads do not divide"),
+        (lambda: matrix(workloads=(S, L), info=model(ctx=2048)), "L-tp1-b1-default",
+         "workload L needs 4608 tokens of context, the model allows 2048"),
+        (lambda: matrix(freqs=(100, 1410)), "S-tp1-b1-100MHz",
+         f"100 MHz is outside the 210-1980 MHz the {FAKE_GPU_NAME} supports"),
+    ],
+    ids=["tp-over-units", "tp-vs-heads", "tp-vs-kv-heads", "context", "clock-out-of-range"],
+)
+def test_invalid_point_is_removed_with_its_reason(
+    build: Callable[[], Matrix], point_id: str, reason: str
+) -> None:
+    m = build()
+    assert removed_reasons(m) == {point_id: reason}
+    assert point_id not in {point.id for point in m.points}
+
+
+def test_tp_that_is_a_multiple_of_the_kv_heads_is_kept() -> None:
+    # GQA models replicate KV heads once TP exceeds their count, so tp16 over 8 KV heads is fine.
+    m = matrix(tps=(16,), info=model(heads=32, kv=8), device=caps(units=16))
+    assert m.removed == () and [p.id for p in m.points] == ["S-tp16-b1-default"]
+
+
+def test_workload_filling_the_context_exactly_is_kept() -> None:
+    fits, too_long = custom_workload(1024, 1024), custom_workload(1024, 1025)
+    m = matrix(workloads=(fits, too_long), info=model(ctx=2048))
+    assert [p.workload for p in m.points] == [fits]
+    assert list(removed_reasons(m)) == ["1024x1025-tp1-b1-default"]
+
+
+def test_extra_problems_are_joined_to_the_builtin_ones() -> None:
+    m = expand(
+        model=model(), tps=(1, 2), batches=(1, 16), workloads=(S,), freqs=(None,),
+        caps=caps(units=1),
+        extra_problems=lambda p: ["no engine for b16", "really"] if p.batch == 16 else [],
+    )
+    assert removed_reasons(m) == {
+        "S-tp1-b16-default": "no engine for b16; really",
+        "S-tp2-b1-default": "tp2 needs 2 GPUs, 1 visible",
+        "S-tp2-b16-default": "tp2 needs 2 GPUs, 1 visible; no engine for b16; really",
+    }
+
+
+@given(freqs_st)
+def test_device_without_clocks_collapses_the_axis_to_default(freqs: FreqRequest) -> None:
+    axis = resolve_freqs(freqs, caps(clocks=()))
+    assert axis.freqs == (None,) and axis.unsupported == {}
+    asked_for_clocks = freqs is ALL_CLOCKS or any(f is not None for f in freqs)
+    # A silent collapse would hide that the sweep the user asked for did not happen.
+    assert len(axis.notes) == asked_for_clocks
+    assert all("cannot lock clocks" in note for note in axis.notes)
+
+
+@given(st.lists(st.integers(100, 3000), min_size=1, max_size=10, unique=True),
+       st.lists(st.none() | st.integers(1, 4000), max_size=6))
+def test_resolved_clocks_are_supported_nearest_and_unique(clock_list: list[int],
+                                                          freqs: list[int | None]) -> None:
+    clocks = tuple(sorted(clock_list))
+    axis = resolve_freqs(tuple(freqs), caps(clocks=clocks))
+    assert len(set(axis.freqs)) == len(axis.freqs)
+    out_of_range = {f for f in freqs if f is not None and not clocks[0] <= f <= clocks[-1]}
+    assert set(axis.unsupported) == out_of_range
+    for f in axis.freqs:
+        assert f is None or f in clocks or f in out_of_range
+    for f in set(freqs) - out_of_range - {None}:
+        assert f is not None
+        nearest = min(abs(c - f) for c in clocks)
+        assert [r for r in axis.freqs if r in clocks and abs(r - f) == nearest]
+    assert (None in axis.freqs) == (None in freqs)
+
+
+def test_snapping_merges_duplicates_and_says_so() -> None:
+    axis = resolve_freqs((1408, None, 1410, 1412, 1980), caps())
+    assert axis.freqs == (1410, None, 1980)
+    assert axis.notes == (
+        "1408 MHz snapped to 1410 MHz, the nearest supported clock",
+        "1412 MHz snapped to 1410 MHz, the nearest supported clock",
+    )
+
+
+def test_snapping_tie_goes_to_the_lower_clock() -> None:
+    assert resolve_freqs((1010,), caps(clocks=(1000, 1020))).freqs == (1000,)
+
+
+def test_all_sweeps_every_supported_clock() -> None:
+    axis = resolve_freqs(ALL_CLOCKS, caps())
+    assert axis.freqs == FAKE_CLOCKS_MHZ and axis.notes == () and axis.unsupported == {}
+
+
+@given(st.lists(st.none() | st.sampled_from("abcd"), max_size=30))
+def test_group_by_engine_makes_groups_contiguous_and_keeps_order(keys: list[str | None]) -> None:
+    items = list(enumerate(keys))  # the index makes every item distinct and records its order
+    out = group_by_engine(items, key=lambda item: item[1])
+    assert sorted(out, key=lambda item: item[0]) == items
+    assert is_grouped([k if k is not None else ("none", i) for i, k in out])
+    for key in set(keys):
+        indices = [i for i, k in out if k == key]
+        assert indices == sorted(indices)
+    # Each group sits where its first member was, so a run keeps the user's order of first use.
+    first = {k: keys.index(k) for k in keys if k is not None}
+    places = [i if k is None else first[k] for i, k in out]
+    assert places == sorted(places)
+
+
+def test_group_by_engine_example() -> None:
+    items = ["a1", "b1", None, "a2", "c1", "b2"]
+    out = group_by_engine(items, key=lambda s: None if s is None else s[0])
+    assert out == ["a1", "a2", "b1", "b2", None, "c1"]
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        (KnobPoint("m", 2, 16, L, 1410), "L-tp2-b16-1410MHz"),
+        (KnobPoint("m", 1, 1, S, None), "S-tp1-b1-default"),
+        (KnobPoint("m", 8, 256, custom_workload(512, 128), 210), "512x128-tp8-b256-210MHz"),
+    ],
+)
+def test_point_id(point: KnobPoint, expected: str) -> None:
+    assert point.id == expected
+
+
+def test_header_lines_summarise_the_matrix() -> None:
+    m = matrix(tps=(1, 2, 4, 16), batches=(16,), workloads=(S, M, L), freqs=(1408, 1980))
+    assert len(m.engine_configs) == 3
+    assert m.header_lines() == [
+        f"greenllm: 18 points, 3 engine builds, device=fake ({FAKE_GPU_NAME})",
+        "greenllm: 1408 MHz snapped to 1410 MHz, the nearest supported clock",
+        "greenllm: removed 6 points: tp16 needs 16 GPUs, 8 visible",
+    ]
+    single = matrix(workloads=(S, L), info=model(ctx=2048))
+    assert single.header_lines() == [
+        f"greenllm: 1 point, 1 engine build, device=fake ({FAKE_GPU_NAME})",
+        "greenllm: removed 1 point: workload L needs 4608 tokens of context, the model allows 2048",
+    ]
