@@ -7,9 +7,6 @@ import pytest
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.knobs import KnobPoint
 
-POINT_FIXTURE = "greenllm_point"
-
-
 @pytest.fixture
 def greenllm_point(request: pytest.FixtureRequest) -> KnobPoint:
     """The knob point of this test item; one item is generated per point of the matrix."""

@@ -13,6 +13,8 @@ from typing import Any, Callable
 ENABLE_FLAG = "--greenllm"
 PYTEST_PREFIX = "--greenllm-"
 INI_PREFIX = "greenllm_"
+# The fixture a benchmark takes to get one test item per knob point.
+POINT_FIXTURE = "greenllm_point"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ import pytest
 from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.base import DeviceUnavailable
 from pytest_greenllm.devices.probe import probe_capabilities
-from pytest_greenllm.fixtures import POINT_FIXTURE
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand, group_by_engine
-from pytest_greenllm.options import ENABLE_FLAG
+from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE
 
 MARKER = "greenllm"
 SKIP_REASON = f"greenllm benchmark: pass {ENABLE_FLAG} to run the knob sweep"
