@@ -154,6 +154,35 @@ def parse_json_path(raw: Raw) -> Path | None:
     return path
 
 
+def parse_positive_float(raw: Raw, what: str) -> float:
+    """A number > 0."""
+    try:
+        value = float(raw.text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise raw.error(f"{what} must be a number > 0")
+    return value
+
+
+def parse_seconds(raw: Raw, what: str) -> float:
+    """A number of seconds >= 0."""
+    try:
+        value = float(raw.text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise raw.error(f"{what} must be a number of seconds >= 0")
+    return value
+
+
+def parse_power_limit(raw: Raw) -> int | None:
+    """'default' (None) or watts > 0, returned in mW."""
+    if raw.text.strip().lower() == "default":
+        return None
+    return round(parse_positive_float(raw, "the power limit ('default' or watts)") * 1000)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob, validated. Built once per session and kept in ``config.stash``."""
@@ -170,6 +199,10 @@ class Settings:
     seed: int
     trace: Trace | None
     json_path: Path | None
+    sample_hz: float  # Units: Hz.
+    min_window_s: float  # Units: s.
+    cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
+    power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
 
     @classmethod
     def from_sources(
@@ -207,6 +240,10 @@ class Settings:
             seed=parse_seed(raw["seed"]),
             trace=trace,
             json_path=parse_json_path(raw["json"]),
+            sample_hz=parse_positive_float(raw["sample-hz"], "the sampling rate"),
+            min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
+            cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
+            power_limit_mw=parse_power_limit(raw["power-limit"]),
         )
 
     @classmethod

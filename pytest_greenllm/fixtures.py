@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from pytest_greenllm.config import Settings, settings_key
+from pytest_greenllm.devices.nvml import NvmlGpu
 from pytest_greenllm.knobs import KnobPoint
+from pytest_greenllm.meter import EnergyMeter
+from pytest_greenllm.options import POINT_FIXTURE
+from pytest_greenllm.session import GreenLLMSession, session_key
+
 
 @pytest.fixture
 def greenllm_point(request: pytest.FixtureRequest) -> KnobPoint:
@@ -18,3 +25,43 @@ def greenllm_point(request: pytest.FixtureRequest) -> KnobPoint:
 def greenllm_settings(pytestconfig: pytest.Config) -> Settings:
     """The validated knob settings of this session."""
     return pytestconfig.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def greenllm_session(pytestconfig: pytest.Config) -> GreenLLMSession:
+    """The run-wide state: device, matrix, meter."""
+    return pytestconfig.stash[session_key]
+
+
+@pytest.fixture(scope="session")
+def gpu_devices(greenllm_session: GreenLLMSession) -> list[NvmlGpu]:
+    """The GPUs this session measures (those CUDA_VISIBLE_DEVICES leaves visible)."""
+    backend = greenllm_session.require_backend()
+    if not backend.gpus:
+        pytest.skip(f"no GPUs: device={backend.kind}")
+    return backend.gpus
+
+
+@pytest.fixture(scope="session")
+def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
+    """The session's energy meter (idle power measured once); skips where there is none."""
+    return greenllm_session.meter()
+
+
+@pytest.fixture
+def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSession) -> Iterator[int | None]:
+    """Lock the SM clock of every GPU for one test and reset it after, however it ends.
+
+    The clock is the knob point's (``greenllm_point``), or the parameter of an indirect
+    parametrization (``@pytest.mark.parametrize("locked_clocks", [1410], indirect=True)``);
+    None leaves the clocks alone. Yields the clock actually locked (snapped to a supported
+    one). Skips, with what to do, where clocks cannot be locked.
+    """
+    if hasattr(request, "param"):
+        mhz: int | None = request.param
+    elif POINT_FIXTURE in request.fixturenames:
+        mhz = request.getfixturevalue(POINT_FIXTURE).freq_mhz
+    else:
+        mhz = None
+    with greenllm_session.point_clocks(mhz) as locked:
+        yield locked

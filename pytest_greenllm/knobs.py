@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar
 
-from pytest_greenllm.devices.base import Capabilities
+from pytest_greenllm.devices.base import Capabilities, nearest_clock
 from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import Workload
 
@@ -129,7 +129,7 @@ def resolve_freqs(requested: FreqRequest, caps: Capabilities) -> FreqAxis:
             )
             freqs.append(freq)
             continue
-        snapped = min(caps.clocks_mhz, key=lambda c: (abs(c - freq), c))
+        snapped = nearest_clock(caps.clocks_mhz, freq)
         if snapped != freq:
             notes.append(f"{freq} MHz snapped to {snapped} MHz, the nearest supported clock")
         freqs.append(snapped)

@@ -92,6 +92,32 @@ OPTIONS: tuple[KnobOption, ...] = (
         "become its length terciles, and the 'trace' workload replays it.",
     ),
     KnobOption("json", "PATH", "", "Write the JSON report to PATH."),
+    KnobOption(
+        "sample-hz",
+        "HZ",
+        "10",
+        "Power sampling rate of the energy meter's background thread, in Hz.",
+    ),
+    KnobOption(
+        "min-window",
+        "SECONDS",
+        "5",
+        "Shortest trustworthy measurement window, in seconds; shorter ones are flagged "
+        "(the energy counter updates about every 100 ms).",
+    ),
+    KnobOption(
+        "cooldown",
+        "SECONDS",
+        "60",
+        "Longest wait, in seconds, before each point for the GPUs to cool to within 3 °C "
+        "of their idle temperature; 0 does not wait.",
+    ),
+    KnobOption(
+        "power-limit",
+        "WATTS",
+        "default",
+        "GPU power limit to set for the session, in W; 'default' leaves it alone.",
+    ),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}

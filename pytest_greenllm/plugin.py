@@ -12,7 +12,13 @@ from pytest_greenllm import hookspec
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, add_knob_options
-from pytest_greenllm.session import MARKER, GreenLLMSession, build_matrix
+from pytest_greenllm.session import (
+    MARKER,
+    GreenLLMSession,
+    build_matrix,
+    open_device,
+    session_key,
+)
 
 pytest_plugins = ["pytest_greenllm.fixtures"]
 
@@ -47,19 +53,28 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     settings = Settings.from_config(config)
     config.stash[settings_key] = settings
-    matrix = None
+    backend = matrix = None
     if settings.enabled:
 
         def plugin_problems(point: KnobPoint) -> list[str]:
             return list(config.hook.pytest_greenllm_point_problems(config=config, point=point))
 
-        matrix = build_matrix(settings, f"{PYTEST_PREFIX}device", plugin_problems)
-    config.pluginmanager.register(GreenLLMSession(settings, matrix), SESSION_PLUGIN)
+        backend = open_device(settings, f"{PYTEST_PREFIX}device")
+        try:
+            matrix = build_matrix(settings, backend.capabilities, plugin_problems)
+        except BaseException:
+            backend.close()
+            raise
+    session = GreenLLMSession(settings, backend, matrix)
+    config.stash[session_key] = session
+    config.pluginmanager.register(session, SESSION_PLUGIN)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.pluginmanager.get_plugin(SESSION_PLUGIN)
+    session = config.stash.get(session_key, None)
     if session is not None:
         config.pluginmanager.unregister(session)
+        del config.stash[session_key]
+        session.close()
     if settings_key in config.stash:
         del config.stash[settings_key]

@@ -1,15 +1,18 @@
-"""Run-wide state of a pytest session: the matrix, test generation, ordering and header."""
+"""Run-wide state of a pytest session: device, matrix, meter, test generation and header."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from pytest_greenllm.config import Settings
-from pytest_greenllm.devices.base import DeviceUnavailable
-from pytest_greenllm.devices.probe import probe_capabilities
+from pytest_greenllm.devices.backend import NO_METER, Backend, open_backend
+from pytest_greenllm.devices.base import Capabilities, DeviceUnavailable, EnergySource
+from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand, group_by_engine
+from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE
 
 MARKER = "greenllm"
@@ -17,16 +20,33 @@ SKIP_REASON = f"greenllm benchmark: pass {ENABLE_FLAG} to run the knob sweep"
 NO_POINTS_REASON = "greenllm: every knob point was removed; the session header says why"
 
 
+def open_device(settings: Settings, device_flag: str) -> Backend:
+    """Open the settings' device; any failure is a usage error naming ``device_flag``."""
+    try:
+        backend = open_backend(settings.device)
+    except (DeviceUnavailable, DeviceError) as e:
+        raise pytest.UsageError(f"{device_flag}={settings.device}: {e}") from None
+    if settings.power_limit_mw is not None:
+        if backend.guard is None:
+            backend.close()
+            raise pytest.UsageError(
+                f"the power limit needs a GPU device; device={backend.kind} has none"
+            )
+        try:
+            backend.guard.install()
+            backend.guard.set_power_limit(backend.gpus, settings.power_limit_mw)
+        except DeviceError as e:
+            backend.close()
+            raise pytest.UsageError(f"setting the power limit: {e}") from None
+    return backend
+
+
 def build_matrix(
     settings: Settings,
-    device_flag: str,
+    caps: Capabilities,
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
-    """Expand the settings against the device; ``device_flag`` names the option in errors."""
-    try:
-        caps = probe_capabilities(settings.device)
-    except DeviceUnavailable as e:
-        raise pytest.UsageError(f"{device_flag}={settings.device}: {e}") from None
+    """Expand the settings against the device's capabilities."""
     return expand(
         model=settings.model,
         tps=settings.tps,
@@ -54,20 +74,84 @@ def _engine_key(item: pytest.Item) -> Hashable | None:
 class GreenLLMSession:
     """Registered in ``pytest_configure``; its methods are hook implementations."""
 
-    def __init__(self, settings: Settings, matrix: Matrix | None) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None, matrix: Matrix | None) -> None:
         self.settings = settings
+        self.backend = backend
         self.matrix = matrix
+        self._meter: EnergyMeter | None = None
 
+    def close(self) -> None:
+        """Stop the meter and give the device back, clocks reset."""
+        if self._meter is not None:
+            self._meter.close()
+        if self.backend is not None:
+            self.backend.close()
+
+    # --- what fixtures use ---------------------------------------------------------------
+    def require_backend(self) -> Backend:
+        if self.backend is None:
+            pytest.skip(SKIP_REASON)
+        return self.backend
+
+    def meter(self) -> EnergyMeter:
+        """The session's energy meter; idle power is measured the first time."""
+        backend = self.require_backend()
+        if not backend.sources:
+            pytest.skip(f"energy not measured: {NO_METER}")
+        if self._meter is None:
+            s = self.settings
+            self._meter = EnergyMeter(
+                backend.sources, sample_hz=s.sample_hz, min_window_s=s.min_window_s
+            )
+            self._meter.measure_idle(max(s.min_window_s, 1.0))
+        return self._meter
+
+    def point_sources(self, point: KnobPoint) -> list[EnergySource]:
+        """What to measure for a point: the GPUs its engine uses (CUDA's first ``tp``)."""
+        backend = self.require_backend()
+        if backend.gpus:
+            return list(backend.gpus[: point.tp])
+        return list(backend.sources)
+
+    @contextmanager
+    def point_clocks(self, mhz: int | None) -> Iterator[int | None]:
+        """Lock the clock for one point (None: leave alone), cool down, restore after."""
+        backend = self.require_backend()
+        guard = backend.guard
+        locked = None
+        if mhz is not None:
+            if guard is None:
+                pytest.skip(
+                    f"device={backend.kind} cannot lock clocks; pass --greenllm-freqs=default"
+                )
+            guard.install()
+            try:
+                locked, _ = guard.lock_clocks(backend.gpus, mhz)
+            except (NoPermission, NotSupported) as e:
+                pytest.skip(f"clocks not locked: {e}")
+        try:
+            if backend.sources and self.settings.cooldown_s > 0:
+                self.meter().cool_down(self.settings.cooldown_s)
+            yield locked
+        finally:
+            if locked is not None and guard is not None:
+                guard.restore()
+
+    # --- hooks ---------------------------------------------------------------------------
     def pytest_report_header(self) -> list[str]:
-        if self.matrix is None:
+        if self.matrix is None or self.backend is None:
             return [f"greenllm: off (pass {ENABLE_FLAG} to run the knob sweep)"]
         s = self.settings
         requests = "auto" if s.requests is None else str(s.requests)
-        return [
-            *self.matrix.header_lines(),
+        lines = [*self.matrix.header_lines()]
+        lines.extend(f"greenllm: {note}" for note in self.backend.notes)
+        if not self.backend.sources:
+            lines.append(f"greenllm: {NO_METER}")
+        lines.append(
             f"greenllm: model={s.model.name}, repeats={s.repeats}, requests={requests}, "
-            f"seed={s.seed}",
-        ]
+            f"seed={s.seed}"
+        )
+        return lines
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if POINT_FIXTURE not in metafunc.fixturenames or self.matrix is None:
@@ -77,9 +161,7 @@ class GreenLLMSession:
             skipped = pytest.param(None, marks=pytest.mark.skip(reason=NO_POINTS_REASON))
             metafunc.parametrize(POINT_FIXTURE, [skipped], ids=["no-points"], indirect=True)
             return
-        metafunc.parametrize(
-            POINT_FIXTURE, points, ids=[p.id for p in points], indirect=True
-        )
+        metafunc.parametrize(POINT_FIXTURE, points, ids=[p.id for p in points], indirect=True)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -88,3 +170,6 @@ class GreenLLMSession:
             if self.matrix is None and item.get_closest_marker(MARKER) is not None:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
         items[:] = group_by_engine(items, _engine_key)
+
+
+session_key = pytest.StashKey[GreenLLMSession]()

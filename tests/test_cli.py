@@ -27,7 +27,7 @@ def test_knobs_prints_the_matrix_as_a_table(
     status = main(["knobs", "--device", "fake", "--tp", "1,2", "--batch", "8", "--freqs", "1410"])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert out[0] == "greenllm: 6 points, 2 engine builds, device=fake (NVIDIA H100 80GB HBM3 (fake))"
+    assert out[0] == "greenllm: 6 points, 2 engine builds, device=fake (NVIDIA H100 80GB HBM3)"
     assert out[1].split() == [
         "point", "engine", "workload", "in", "tok", "out", "tok", "tp", "batch", "clock"
     ]

@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_greenllm.devices.base import Capabilities
-from pytest_greenllm.devices.fake import FAKE_CLOCKS_MHZ, FAKE_GPU_NAME
+from pytest_greenllm.devices.fake_nvml import GPU_NAME as FAKE_GPU_NAME
+from pytest_greenllm.devices.fake_nvml import GRAPHICS_CLOCKS_MHZ
+
+FAKE_CLOCKS_MHZ = tuple(sorted(GRAPHICS_CLOCKS_MHZ))
 from pytest_greenllm.knobs import (
     ALL_CLOCKS,
     FreqRequest,

@@ -1,0 +1,118 @@
+"""Open the device a session measures with: NVML, RAPL, the fake NVML, or none.
+
+``auto`` tries NVML (a GPU answers), then RAPL (its counters are readable), then none.
+``fake`` is used only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_greenllm.devices.base import Capabilities, DeviceUnavailable, EnergySource
+from pytest_greenllm.devices.errors import DeviceError
+from pytest_greenllm.devices.fake_nvml import FakeNvml, cpu_busy_fraction
+from pytest_greenllm.devices.guard import ClockGuard, default_state_path
+from pytest_greenllm.devices.nvml import NvmlGpu, NvmlSession, load_pynvml
+from pytest_greenllm.devices.rapl import POWERCAP, find_zones
+
+FAKE_GPUS_ENV = "GREENLLM_FAKE_GPUS"
+FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"
+NO_METER = (
+    "no energy meter here (device=none): install the NVIDIA driver and nvidia-ml-py for "
+    "GPUs, or make RAPL readable (/sys/class/powercap/intel-rapl:*/energy_uj, root) for "
+    "CPUs; --greenllm-device=fake tries the plugin with a simulated GPU"
+)
+
+
+@dataclass
+class Backend:
+    """An opened device: what it can do, its GPUs and energy sources, its clock guard."""
+
+    kind: str  # nvml, fake, rapl or none
+    capabilities: Capabilities
+    gpus: list[NvmlGpu] = field(default_factory=list)
+    sources: list[EnergySource] = field(default_factory=list)
+    nvml: NvmlSession | None = None
+    guard: ClockGuard | None = None
+    driver_version: str | None = None
+    notes: list[str] = field(default_factory=list)  # what opening it did, to print
+
+    def close(self) -> None:
+        """Put clocks back and shut NVML down."""
+        try:
+            if self.guard is not None:
+                self.guard.restore()
+                self.guard.uninstall()
+        finally:
+            if self.nvml is not None:
+                self.nvml.close()
+                self.nvml = None
+
+
+def cpu_capabilities(kind: str) -> Capabilities:
+    """vLLM's CPU backend: one core per tensor-parallel rank at least, no clock control."""
+    return Capabilities(kind, "CPU", len(os.sched_getaffinity(0)), "CPU cores", ())
+
+
+def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> Backend:
+    gpus = session.gpus
+    if not gpus:
+        session.close()
+        raise DeviceUnavailable(
+            "NVML answers but CUDA_VISIBLE_DEVICES leaves no GPU visible; "
+            "check the variable or use --greenllm-device=none"
+        )
+    # Sweep only clocks every GPU of the engine supports.
+    common = set(gpus[0].info.supported_clocks_mhz)
+    for gpu in gpus[1:]:
+        common &= set(gpu.info.supported_clocks_mhz)
+    caps = Capabilities(kind, gpus[0].info.name, len(gpus), "GPUs", tuple(sorted(common)))
+    guard = ClockGuard(session, state_path)
+    try:
+        notes = guard.recover_stale()
+    except DeviceError:
+        session.close()
+        raise
+    return Backend(
+        kind, caps, list(gpus), list(gpus), session, guard, session.driver_version, notes
+    )
+
+
+def fake_nvml_from_env() -> FakeNvml:
+    """The fake NVML of ``--greenllm-device=fake``; its load follows this machine's CPU use."""
+    gpus = int(os.environ.get(FAKE_GPUS_ENV, "8"))
+    state = os.environ.get(FAKE_STATE_ENV)
+    busy = cpu_busy_fraction()
+    return FakeNvml(
+        gpus=gpus,
+        load=lambda index: busy(),
+        state_path=Path(state) if state else None,
+    )
+
+
+def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = POWERCAP) -> Backend:
+    """Open ``kind`` (auto, nvml, rapl, fake, none); DeviceUnavailable says why not."""
+    state_path = state_path or default_state_path()
+    if kind == "fake":
+        return _gpu_backend("fake", NvmlSession(fake_nvml_from_env()), state_path)
+    if kind == "none":
+        return Backend("none", cpu_capabilities("none"))
+    errors: list[str] = []
+    if kind in ("nvml", "auto"):
+        try:
+            return _gpu_backend("nvml", NvmlSession(load_pynvml()), state_path)
+        except (DeviceError, DeviceUnavailable) as e:
+            if kind == "nvml":
+                raise DeviceUnavailable(str(e)) from e
+            errors.append(f"NVML: {e}")
+    if kind in ("rapl", "auto"):
+        try:
+            zones = find_zones(rapl_root)
+            return Backend("rapl", cpu_capabilities("rapl"), sources=list(zones))
+        except DeviceError as e:
+            if kind == "rapl":
+                raise DeviceUnavailable(str(e)) from e
+            errors.append(f"RAPL: {e}")
+    return Backend("none", cpu_capabilities("none"), notes=[f"auto found no meter ({'; '.join(errors)})"])

@@ -1,0 +1,395 @@
+"""An in-process stand-in for the ``pynvml`` functions pytest-greenllm calls.
+
+It is a test double, used by the plugin's tests and by ``--greenllm-device=fake``: nothing
+it reports is measured, and every report made with it says ``device: fake``. It keeps
+NVML's contract: the same function names and arguments, the same units (mW, mJ, MHz, °C),
+and the real ``pynvml.NVMLError`` classes with NVML's return codes.
+
+The model behind it: an H100 SXM whose power rises with load and with the square of the
+SM clock, capped by the power limit (which then lowers the clock, as the driver does); a
+temperature that follows power with a lag; an energy counter that integrates the true power
+and advances in 100 ms steps; power readings with Gaussian noise. Locked clocks and power
+limits can be kept in a state file so that, like on real hardware, they outlive the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pynvml
+
+NVMLError = pynvml.NVMLError
+NVML_CLOCK_GRAPHICS = pynvml.NVML_CLOCK_GRAPHICS
+NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+
+GPU_NAME = "NVIDIA H100 80GB HBM3"
+DRIVER_VERSION = "580.95.05"
+MEMORY_CLOCK_MHZ = 2619
+# NVML lists an H100 SXM's graphics clocks from 1980 MHz down in 15 MHz steps.
+GRAPHICS_CLOCKS_MHZ: tuple[int, ...] = tuple(range(1980, 209, -15))
+IDLE_CLOCK_MHZ = 345
+IDLE_POWER_W = 70.0
+MAX_POWER_W = 700.0
+POWER_LIMIT_RANGE_MW = (200_000, 700_000)
+IDLE_TEMPERATURE_C = 32.0
+KELVIN_PER_WATT = 0.06  # steady-state heating above idle
+THERMAL_TIME_CONSTANT_S = 20.0
+COUNTER_PERIOD_S = 0.1
+
+REASON_GPU_IDLE = 0x1
+REASON_SW_POWER_CAP = 0x4
+
+
+@dataclass
+class _Gpu:
+    index: int
+    uuid: str
+    locked_mhz: tuple[int, int] | None = None
+    power_limit_mw: int = POWER_LIMIT_RANGE_MW[1]
+    energy_mj: float = 0.0  # exact integral of the true power since init. Units: mJ.
+    temperature_c: float = IDLE_TEMPERATURE_C
+    last_t: float = 0.0
+    power_w: float = IDLE_POWER_W  # true power since last_t. Units: W.
+    sm_clock_mhz: int = IDLE_CLOCK_MHZ
+    reasons: int = REASON_GPU_IDLE
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialised(method: F) -> F:
+    """Run an NVML function under the fake's lock.
+
+    The meter's sampler thread calls in while the test's thread does, and the model's
+    integration must not interleave; functools.wraps keeps pynvml's signature visible.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: FakeNvml, *args: Any) -> Any:
+        with self._lock:
+            return method(self, *args)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Handle:
+    """What nvmlDeviceGetHandleByIndex returns: opaque to callers, as in pynvml."""
+
+    index: int
+
+
+def cpu_busy_fraction() -> Callable[[], float]:
+    """A load source that reads the machine's CPU use from /proc/stat between calls.
+
+    Under ``--greenllm-device=fake`` the engine runs on the CPU, so CPU use is the most
+    honest stand-in for GPU load that this machine has.
+    """
+    previous: list[int] = []
+
+    def read() -> float:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except OSError:
+            return 0.0
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        total = sum(fields)
+        if not previous:
+            previous[:] = [idle, total]
+            return 0.0
+        d_idle, d_total = idle - previous[0], total - previous[1]
+        previous[:] = [idle, total]
+        return 0.0 if d_total <= 0 else max(0.0, min(1.0, 1.0 - d_idle / d_total))
+
+    return read
+
+
+@dataclass
+class FakeNvml:
+    """A fake NVML with ``gpus`` H100s. Pass it where the ``pynvml`` module is expected."""
+
+    gpus: int = 8
+    clock: Callable[[], float] = time.monotonic
+    load: Callable[[int], float] | None = None  # per GPU index, 0..1; None: constant set_load
+    noise: float = 0.02  # relative standard deviation of power readings
+    power_scale: float = 1.0  # multiplies every watt: a test switch to inject a regression
+    seed: int = 0
+    state_path: Path | None = None  # where locked clocks and limits outlive the process
+    root: bool = True  # False: setters raise NoPermission, as for a normal user
+    energy_counter: bool = True  # False: a pre-Volta GPU without the counter
+    driver_loaded: bool = True
+    _failures: dict[str, int] = field(default_factory=dict)
+    _constant_load: float = 0.0
+    _init_count: int = 0
+    _rng: random.Random = field(init=False)
+    _devices: list[_Gpu] = field(init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    NVMLError = pynvml.NVMLError
+    NVML_CLOCK_GRAPHICS = NVML_CLOCK_GRAPHICS
+    NVML_CLOCK_SM = NVML_CLOCK_SM
+    NVML_CLOCK_MEM = NVML_CLOCK_MEM
+    NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        now = self.clock()
+        self._devices = [
+            _Gpu(i, f"GPU-fa4e0000-0000-4000-8000-{i:012d}", last_t=now) for i in range(self.gpus)
+        ]
+        for gpu in self._devices:
+            self._settle(gpu)
+        self._load_state()
+
+    # --- test switches -------------------------------------------------------------------
+    def fail(self, function: str, code: int) -> None:
+        """Make every later call of ``function`` raise ``NVMLError(code)``."""
+        self._failures[function] = code
+
+    def heal(self, function: str) -> None:
+        """Undo :meth:`fail` for ``function``."""
+        self._failures.pop(function, None)
+
+    def set_load(self, load: float) -> None:
+        """Set the load of every GPU (0..1), from now on."""
+        with self._lock:
+            for gpu in self._devices:
+                self._advance(gpu)
+            self._constant_load = load
+            for gpu in self._devices:
+                self._settle(gpu)
+
+    def true_energy_mj(self, index: int) -> float:
+        """The exact energy since init, for tests to compare meters against. Units: mJ."""
+        with self._lock:
+            gpu = self._devices[index]
+            self._advance(gpu)
+            return gpu.energy_mj
+
+    # --- the model -----------------------------------------------------------------------
+    def _load_of(self, gpu: _Gpu) -> float:
+        raw = self.load(gpu.index) if self.load is not None else self._constant_load
+        return max(0.0, min(1.0, raw))
+
+    def _power_at(self, load: float, mhz: int) -> float:
+        dynamic = (MAX_POWER_W - IDLE_POWER_W) * load * (mhz / GRAPHICS_CLOCKS_MHZ[0]) ** 2
+        return (IDLE_POWER_W + dynamic) * self.power_scale
+
+    def _settle(self, gpu: _Gpu) -> None:
+        """Pick the clock and power the driver would run at, for the current load and limits."""
+        load = self._load_of(gpu)
+        if gpu.locked_mhz is not None:
+            target = gpu.locked_mhz[1]
+        else:
+            target = GRAPHICS_CLOCKS_MHZ[0] if load > 0.05 else IDLE_CLOCK_MHZ
+        reasons = REASON_GPU_IDLE if load <= 0.05 else 0
+        limit_w = gpu.power_limit_mw / 1000
+        mhz = target
+        while self._power_at(load, mhz) > limit_w and mhz > GRAPHICS_CLOCKS_MHZ[-1]:
+            mhz -= 15
+            reasons |= REASON_SW_POWER_CAP
+        gpu.sm_clock_mhz, gpu.power_w, gpu.reasons = mhz, self._power_at(load, mhz), reasons
+
+    def _advance(self, gpu: _Gpu) -> None:
+        now = self.clock()
+        dt = now - gpu.last_t
+        if dt > 0:
+            gpu.energy_mj += gpu.power_w * dt * 1000
+            target = IDLE_TEMPERATURE_C + KELVIN_PER_WATT * (gpu.power_w - IDLE_POWER_W)
+            gpu.temperature_c = target + (gpu.temperature_c - target) * math.exp(
+                -dt / THERMAL_TIME_CONSTANT_S
+            )
+            gpu.last_t = now
+        if self.load is not None:
+            self._settle(gpu)
+
+    def _load_state(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        state = json.loads(self.state_path.read_text())
+        for gpu in self._devices:
+            saved = state.get(gpu.uuid, {})
+            locked = saved.get("locked_mhz")
+            gpu.locked_mhz = (locked[0], locked[1]) if locked else None
+            gpu.power_limit_mw = saved.get("power_limit_mw", gpu.power_limit_mw)
+            self._settle(gpu)
+
+    def _save_state(self) -> None:
+        if self.state_path is None:
+            return
+        state = {
+            g.uuid: {"locked_mhz": g.locked_mhz, "power_limit_mw": g.power_limit_mw}
+            for g in self._devices
+        }
+        self.state_path.write_text(json.dumps(state))
+
+    def _check(self, function: str) -> None:
+        if function in self._failures:
+            raise NVMLError(self._failures[function])
+        if function != "nvmlInit" and self._init_count == 0:
+            raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _gpu(self, function: str, handle: Any) -> _Gpu:
+        self._check(function)
+        if not isinstance(handle, _Handle) or not 0 <= handle.index < self.gpus:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self._devices[handle.index]
+        self._advance(gpu)
+        return gpu
+
+    # --- the pynvml functions ------------------------------------------------------------
+    @_serialised
+    def nvmlInit(self) -> None:
+        self._check("nvmlInit")
+        if not self.driver_loaded:
+            raise NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        self._init_count += 1
+
+    @_serialised
+    def nvmlShutdown(self) -> None:
+        self._check("nvmlShutdown")
+        self._init_count -= 1
+
+    @_serialised
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check("nvmlSystemGetDriverVersion")
+        return DRIVER_VERSION
+
+    @_serialised
+    def nvmlDeviceGetCount(self) -> int:
+        self._check("nvmlDeviceGetCount")
+        return self.gpus
+
+    @_serialised
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self._check("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < self.gpus:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return _Handle(index)
+
+    @_serialised
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+        self._check("nvmlDeviceGetHandleByUUID")
+        for gpu in self._devices:
+            if gpu.uuid == uuid:
+                return _Handle(gpu.index)
+        raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    @_serialised
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
+        return self._gpu("nvmlDeviceGetIndex", handle).index
+
+    @_serialised
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
+        self._gpu("nvmlDeviceGetName", handle)
+        return GPU_NAME
+
+    @_serialised
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        return self._gpu("nvmlDeviceGetUUID", handle).uuid
+
+    @_serialised
+    def nvmlDeviceGetSupportedMemoryClocks(self, handle: _Handle) -> list[int]:
+        self._gpu("nvmlDeviceGetSupportedMemoryClocks", handle)
+        return [MEMORY_CLOCK_MHZ]
+
+    @_serialised
+    def nvmlDeviceGetSupportedGraphicsClocks(self, handle: _Handle, memoryClockMHz: int) -> list[int]:
+        self._gpu("nvmlDeviceGetSupportedGraphicsClocks", handle)
+        if memoryClockMHz != MEMORY_CLOCK_MHZ:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return list(GRAPHICS_CLOCKS_MHZ)
+
+    @_serialised
+    def nvmlDeviceGetClockInfo(self, handle: _Handle, type: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetClockInfo", handle)
+        if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
+            return gpu.sm_clock_mhz
+        if type == NVML_CLOCK_MEM:
+            return MEMORY_CLOCK_MHZ
+        raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    @_serialised
+    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
+        gpu = self._gpu("nvmlDeviceGetTemperature", handle)
+        if sensor != NVML_TEMPERATURE_GPU:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return round(gpu.temperature_c)
+
+    @_serialised
+    def nvmlDeviceGetPowerManagementLimit(self, handle: _Handle) -> int:
+        return self._gpu("nvmlDeviceGetPowerManagementLimit", handle).power_limit_mw
+
+    @_serialised
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: _Handle) -> list[int]:
+        self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        return list(POWER_LIMIT_RANGE_MW)
+
+    @_serialised
+    def nvmlDeviceSetPowerManagementLimit(self, handle: _Handle, limit: int) -> None:
+        gpu = self._gpu("nvmlDeviceSetPowerManagementLimit", handle)
+        if not self.root:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        if not POWER_LIMIT_RANGE_MW[0] <= limit <= POWER_LIMIT_RANGE_MW[1]:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu.power_limit_mw = limit
+        self._settle(gpu)
+        self._save_state()
+
+    @_serialised
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
+        gpu = self._gpu("nvmlDeviceGetPowerUsage", handle)
+        noisy_w = gpu.power_w * (1 + self._rng.gauss(0.0, self.noise))
+        return max(0, round(noisy_w * 1000))
+
+    @_serialised
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
+        gpu = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
+        if not self.energy_counter:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        # The counter shows the energy at its last update, up to 100 ms ago.
+        since_update = gpu.last_t % COUNTER_PERIOD_S
+        return max(0, math.floor(gpu.energy_mj - gpu.power_w * since_update * 1000))
+
+    @_serialised
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
+        return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", handle).reasons
+
+    @_serialised
+    def nvmlDeviceSetGpuLockedClocks(
+        self, handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int
+    ) -> None:
+        gpu = self._gpu("nvmlDeviceSetGpuLockedClocks", handle)
+        if not self.root:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        lowest, highest = GRAPHICS_CLOCKS_MHZ[-1], GRAPHICS_CLOCKS_MHZ[0]
+        if not lowest <= minGpuClockMHz <= maxGpuClockMHz <= highest:
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu.locked_mhz = (minGpuClockMHz, maxGpuClockMHz)
+        self._settle(gpu)
+        self._save_state()
+
+    @_serialised
+    def nvmlDeviceResetGpuLockedClocks(self, handle: _Handle) -> None:
+        gpu = self._gpu("nvmlDeviceResetGpuLockedClocks", handle)
+        if not self.root:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        gpu.locked_mhz = None
+        self._settle(gpu)
+        self._save_state()
+
+    # --- for tests and `greenllm` diagnostics, not part of pynvml ------------------------
+    def locked_clocks(self, index: int) -> tuple[int, int] | None:
+        """The clocks locked on GPU ``index``, as the driver holds them."""
+        return self._devices[index].locked_mhz

@@ -1,0 +1,242 @@
+"""The clock guard: whatever happens, locked clocks and changed power limits are put back.
+
+Locked clocks outlive the process that set them, until reset, reboot or driver reload. So
+before touching a GPU the guard writes a state file (which GPUs, what was set, by which
+pid), and removes it once everything is reset: on teardown, on an exception, on SIGINT and
+SIGTERM, at interpreter exit. A SIGKILL leaves the file behind; the next run, or
+``greenllm reset-clocks``, finds it and resets those GPUs first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from pytest_greenllm.devices.base import nearest_clock
+from pytest_greenllm.devices.errors import DeviceError, NotSupported
+from pytest_greenllm.devices.nvml import NvmlGpu
+
+STATE_ENV = "GREENLLM_STATE_FILE"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def default_state_path() -> Path:
+    """``$GREENLLM_STATE_FILE``, else the XDG state directory: clocks are machine-wide."""
+    if os.environ.get(STATE_ENV):
+        return Path(os.environ[STATE_ENV])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "greenllm" / "locked-clocks.json"
+
+
+class GpuLookup(Protocol):
+    """Finds a GPU by UUID (an NvmlSession)."""
+
+    def by_uuid(self, uuid: str) -> NvmlGpu: ...
+
+
+@dataclass
+class Change:
+    """What the guard changed on one GPU, as the state file records it."""
+
+    index: int
+    clock_mhz: int | None = None  # locked SM clock. Units: MHz.
+    original_power_limit_mw: int | None = None  # set when the limit was changed. Units: mW.
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ClockGuard:
+    """Locks clocks and power limits on GPUs, and always puts them back."""
+
+    def __init__(self, lookup: GpuLookup, state_path: Path) -> None:
+        self._lookup = lookup
+        self.state_path = state_path
+        self._changes: dict[str, Change] = {}
+        self._lock = threading.RLock()
+        self._previous: dict[int, Any] = {}
+        self._installed = False
+        # A forked child inherits atexit and signal handlers; only the owner may restore.
+        self._owner_pid = os.getpid()
+
+    # --- the state file ------------------------------------------------------------------
+    def _write_state(self) -> None:
+        if not self._changes:
+            self.state_path.unlink(missing_ok=True)
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"pid": os.getpid(), "devices": {u: asdict(c) for u, c in self._changes.items()}}
+        tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_path)
+
+    def recover_stale(self, force: bool = False) -> list[str]:
+        """Reset the GPUs a killed run left changed; returns what was done, to print.
+
+        A state file of a live process means another run is using the GPUs: that is an
+        error unless ``force``.
+        """
+        if not self.state_path.exists():
+            return []
+        try:
+            state = json.loads(self.state_path.read_text())
+            pid = int(state["pid"])
+            stale = {u: Change(**c) for u, c in state["devices"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DeviceError(
+                f"{self.state_path}: unreadable clock state file ({e}); check the GPUs with "
+                "nvidia-smi, reset them with `greenllm reset-clocks --all`, then delete it"
+            ) from e
+        if pid == os.getpid():
+            return []
+        if pid_alive(pid) and not force:
+            raise DeviceError(
+                f"another run (pid {pid}) holds locked clocks on {len(stale)} GPU(s) "
+                f"({self.state_path}); wait for it, or stop it and run `greenllm reset-clocks`"
+            )
+        done = [self._undo(uuid, change) for uuid, change in stale.items()]
+        self.state_path.unlink(missing_ok=True)
+        return [f"reset what a killed run (pid {pid}) left changed: {', '.join(done)}"]
+
+    def _undo(self, uuid: str, change: Change) -> str:
+        gpu = self._lookup.by_uuid(uuid)
+        if change.clock_mhz is not None:
+            gpu.reset_clocks()
+        if change.original_power_limit_mw is not None:
+            gpu.set_power_limit_mw(change.original_power_limit_mw)
+        return f"gpu{gpu.index}"
+
+    # --- changing GPUs -------------------------------------------------------------------
+    def lock_clocks(self, gpus: list[NvmlGpu], mhz: int) -> tuple[int, list[str]]:
+        """Lock every GPU at the supported clock nearest ``mhz``; returns it and notes."""
+        notes: list[str] = []
+        snapped = mhz
+        with self._lock:
+            for gpu in gpus:
+                supported = gpu.info.supported_clocks_mhz
+                if not supported:
+                    raise NotSupported(
+                        f"GPU {gpu.index} ({gpu.info.name}) lists no supported clocks; "
+                        "pass --greenllm-freqs=default to leave the clocks alone"
+                    )
+                snapped = nearest_clock(supported, mhz)
+                if snapped != mhz:
+                    notes.append(f"gpu{gpu.index}: {mhz} MHz snapped to {snapped} MHz")
+                change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
+                previous = change.clock_mhz
+                # Written before the lock: a kill between the two must leave a record.
+                change.clock_mhz = snapped
+                self._write_state()
+                try:
+                    gpu.lock_clocks(snapped)
+                except DeviceError:
+                    change.clock_mhz = previous
+                    self._forget_unchanged(gpu.info.uuid)
+                    raise
+        return snapped, notes
+
+    def set_power_limit(self, gpus: list[NvmlGpu], limit_mw: int) -> None:
+        """Set the power limit of every GPU, within each one's allowed range. Units: mW."""
+        with self._lock:
+            for gpu in gpus:
+                low, high = gpu.info.power_limit_range_mw
+                if not low <= limit_mw <= high:
+                    raise DeviceError(
+                        f"GPU {gpu.index}: a power limit of {limit_mw / 1000:g} W is outside "
+                        f"its {low / 1000:g}-{high / 1000:g} W range"
+                    )
+                change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
+                if change.original_power_limit_mw is None:
+                    change.original_power_limit_mw = gpu.power_limit_mw()
+                self._write_state()
+                try:
+                    gpu.set_power_limit_mw(limit_mw)
+                except DeviceError:
+                    change.original_power_limit_mw = None
+                    self._forget_unchanged(gpu.info.uuid)
+                    raise
+
+    def _forget_unchanged(self, uuid: str) -> None:
+        change = self._changes[uuid]
+        if change.clock_mhz is None and change.original_power_limit_mw is None:
+            del self._changes[uuid]
+        self._write_state()
+
+    def restore(self) -> list[str]:
+        """Reset every change; idempotent. Returns the GPUs reset."""
+        with self._lock:
+            done: list[str] = []
+            failures: list[str] = []
+            for uuid, change in list(self._changes.items()):
+                try:
+                    done.append(self._undo(uuid, change))
+                except DeviceError as e:
+                    failures.append(str(e))
+                    continue
+                del self._changes[uuid]
+            self._write_state()
+            if failures:
+                raise DeviceError(
+                    "could not put back: " + "; ".join(failures)
+                    + f" (the record stays in {self.state_path}; run `greenllm reset-clocks`)"
+                )
+            return done
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changes)
+
+    # --- exit paths ----------------------------------------------------------------------
+    def install(self) -> None:
+        """Restore at interpreter exit and on SIGINT/SIGTERM, then let the signal act."""
+        if self._installed:
+            return
+        atexit.register(self._restore_quietly)
+        if threading.current_thread() is threading.main_thread():
+            for signum in _SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._installed = True
+
+    def uninstall(self) -> None:
+        """Undo :meth:`install` (after a final :meth:`restore`)."""
+        if not self._installed:
+            return
+        atexit.unregister(self._restore_quietly)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        self._installed = False
+
+    def _restore_quietly(self) -> None:
+        if os.getpid() != self._owner_pid:
+            return
+        try:
+            self.restore()
+        except DeviceError as e:
+            # At exit or in a signal handler there is nobody to raise to.
+            os.write(2, f"greenllm: {e}\n".encode())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._restore_quietly()
+        previous: Callable[[int, FrameType | None], Any] | int | None = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
