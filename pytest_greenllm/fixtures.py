@@ -52,16 +52,17 @@ def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
 def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSession) -> Iterator[int | None]:
     """Lock the SM clock of every GPU for one test and reset it after, however it ends.
 
-    The clock is the knob point's (``greenllm_point``), or the parameter of an indirect
+    The clock is the knob point's (``greenllm_point``, on its ``tp`` GPUs), or the parameter of an indirect
     parametrization (``@pytest.mark.parametrize("locked_clocks", [1410], indirect=True)``);
     None leaves the clocks alone. Yields the clock actually locked (snapped to a supported
     one). Skips, with what to do, where clocks cannot be locked.
     """
+    mhz: int | None = None
+    tp: int | None = None
     if hasattr(request, "param"):
-        mhz: int | None = request.param
+        mhz = request.param
     elif POINT_FIXTURE in request.fixturenames:
-        mhz = request.getfixturevalue(POINT_FIXTURE).freq_mhz
-    else:
-        mhz = None
-    with greenllm_session.point_clocks(mhz) as locked:
+        point: KnobPoint = request.getfixturevalue(POINT_FIXTURE)
+        mhz, tp = point.freq_mhz, point.tp
+    with greenllm_session.point_clocks(mhz, tp) as locked:
         yield locked

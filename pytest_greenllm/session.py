@@ -9,7 +9,7 @@ import pytest
 
 from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.backend import NO_METER, Backend, open_backend
-from pytest_greenllm.devices.base import Capabilities, DeviceUnavailable, EnergySource
+from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand, group_by_engine
 from pytest_greenllm.meter import EnergyMeter
@@ -24,7 +24,7 @@ def open_device(settings: Settings, device_flag: str) -> Backend:
     """Open the settings' device; any failure is a usage error naming ``device_flag``."""
     try:
         backend = open_backend(settings.device)
-    except (DeviceUnavailable, DeviceError) as e:
+    except DeviceError as e:
         raise pytest.UsageError(f"{device_flag}={settings.device}: {e}") from None
     if settings.power_limit_mw is not None:
         if backend.guard is None:
@@ -114,8 +114,9 @@ class GreenLLMSession:
         return list(backend.sources)
 
     @contextmanager
-    def point_clocks(self, mhz: int | None) -> Iterator[int | None]:
-        """Lock the clock for one point (None: leave alone), cool down, restore after."""
+    def point_clocks(self, mhz: int | None, tp: int | None = None) -> Iterator[int | None]:
+        """Lock the clock of the first ``tp`` GPUs (None: all) for one point, cool down,
+        and restore after, however the block ends. ``mhz`` None leaves the clocks alone."""
         backend = self.require_backend()
         guard = backend.guard
         locked = None
@@ -126,7 +127,7 @@ class GreenLLMSession:
                 )
             guard.install()
             try:
-                locked, _ = guard.lock_clocks(backend.gpus, mhz)
+                locked, _ = guard.lock_clocks(backend.gpus[:tp], mhz)
             except (NoPermission, NotSupported) as e:
                 pytest.skip(f"clocks not locked: {e}")
         try:

@@ -10,15 +10,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_greenllm.devices.base import Capabilities, DeviceUnavailable, EnergySource
-from pytest_greenllm.devices.errors import DeviceError
+from pytest_greenllm.devices.base import Capabilities, EnergySource
+from pytest_greenllm.devices.errors import DeviceError, DeviceUnavailable
 from pytest_greenllm.devices.fake_nvml import FakeNvml, cpu_busy_fraction
 from pytest_greenllm.devices.guard import ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlGpu, NvmlSession, load_pynvml
 from pytest_greenllm.devices.rapl import POWERCAP, find_zones
 
+# Test switches of --greenllm-device=fake, documented in README ("The fake device").
 FAKE_GPUS_ENV = "GREENLLM_FAKE_GPUS"
-FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"
+FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"  # a file that keeps locked clocks across processes
+FAKE_POWER_SCALE_ENV = "GREENLLM_FAKE_POWER_SCALE"  # 1.1 injects a 10% power regression
+FAKE_FAIL_ENV = "GREENLLM_FAKE_FAIL"  # e.g. nvmlDeviceSetGpuLockedClocks=4 (NoPermission)
 NO_METER = (
     "no energy meter here (device=none): install the NVIDIA driver and nvidia-ml-py for "
     "GPUs, or make RAPL readable (/sys/class/powercap/intel-rapl:*/energy_uj, root) for "
@@ -80,16 +83,35 @@ def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> Backend:
     )
 
 
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float:
+    text = os.environ.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DeviceUnavailable(f"${name}={text!r} must be a number >= 0")
+    return value
+
+
 def fake_nvml_from_env() -> FakeNvml:
     """The fake NVML of ``--greenllm-device=fake``; its load follows this machine's CPU use."""
-    gpus = int(os.environ.get(FAKE_GPUS_ENV, "8"))
     state = os.environ.get(FAKE_STATE_ENV)
     busy = cpu_busy_fraction()
-    return FakeNvml(
-        gpus=gpus,
+    fake = FakeNvml(
+        gpus=int(_env_number(FAKE_GPUS_ENV, "8", int)),
         load=lambda index: busy(),
+        power_scale=_env_number(FAKE_POWER_SCALE_ENV, "1", float),
         state_path=Path(state) if state else None,
     )
+    for entry in filter(None, os.environ.get(FAKE_FAIL_ENV, "").split(",")):
+        function, _, code = entry.partition("=")
+        if not code.isdigit() or not function.startswith("nvml"):
+            raise DeviceUnavailable(
+                f"${FAKE_FAIL_ENV}: {entry!r} is not FUNCTION=CODE, e.g. nvmlDeviceSetGpuLockedClocks=4"
+            )
+        fake.fail(function.strip(), int(code))
+    return fake
 
 
 def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = POWERCAP) -> Backend:
@@ -103,7 +125,7 @@ def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = PO
     if kind in ("nvml", "auto"):
         try:
             return _gpu_backend("nvml", NvmlSession(load_pynvml()), state_path)
-        except (DeviceError, DeviceUnavailable) as e:
+        except DeviceError as e:
             if kind == "nvml":
                 raise DeviceUnavailable(str(e)) from e
             errors.append(f"NVML: {e}")

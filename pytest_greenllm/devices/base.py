@@ -9,10 +9,6 @@ from typing import Protocol
 DEVICE_KINDS = ("auto", "nvml", "rapl", "fake", "none")
 
 
-class DeviceUnavailable(Exception):
-    """The device kind asked for cannot be used here; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """The parallel units an engine may use and the clocks that can be locked."""

@@ -32,6 +32,10 @@ class DeviceError(Exception):
         self.code = code
 
 
+class DeviceUnavailable(DeviceError):
+    """The device kind asked for cannot be used here; the message says what to do."""
+
+
 class NotSupported(DeviceError):
     """The device or driver does not offer this call."""
 
