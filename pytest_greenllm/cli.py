@@ -91,12 +91,12 @@ def _knobs(args: argparse.Namespace) -> int:
         matrix = build_matrix(settings, backend.capabilities)
     finally:
         backend.close()
-    for note in backend.notes:
-        print(f"greenllm: {note}")
     if ini_path is not None:
         print(f"ini file: {ini_path}")
     for line in matrix.header_lines():
         print(line)
+    for note in backend.notes:
+        print(f"greenllm: {note}")
     if matrix.points:
         print(matrix_table(matrix))
     return EXIT_OK
