@@ -1,23 +1,33 @@
 """The shipped sweep: one test per point of the knob matrix (``pytest --greenllm benchmarks``).
 
-For now each point checks what can be checked before anything runs: that its workload
-builds exactly the requests the point asks for. The engine run, the energy meter and the
-verdicts come with the measurement, engine and report issues; until then this test measures
-nothing and records no result.
+Each point runs its workload on the vLLM engine of its configuration (reused across points
+that share it), at its clock, inside an energy window where the device has a meter, and
+checks that the run is complete: every request got exactly the tokens the workload forces,
+and its first token came before its last. The SLO and energy-regression verdicts come with
+the reports issue.
 """
 
 from __future__ import annotations
 
+import math
+
 from pytest_greenllm.config import Settings
 from pytest_greenllm.knobs import KnobPoint
-from pytest_greenllm.workloads import build_requests, request_count
+from pytest_greenllm.runner import PointResult
+from pytest_greenllm.workloads import request_count
 
 
-def test_energy_knob_point(greenllm_point: KnobPoint, greenllm_settings: Settings) -> None:
-    workload = greenllm_point.workload
-    count = request_count(greenllm_point.batch, greenllm_settings.requests)
-    requests = build_requests(workload, count, greenllm_settings.seed, greenllm_settings.trace)
-    assert len(requests) == count
-    if not workload.replay:
-        assert {len(r.prompt_token_ids) for r in requests} == {workload.input_tokens}
-        assert {r.output_tokens for r in requests} == {workload.output_tokens}
+def test_energy_knob_point(
+    greenllm_point: KnobPoint, greenllm_settings: Settings, greenllm_result: PointResult
+) -> None:
+    expected_requests = request_count(greenllm_point.batch, greenllm_settings.requests)
+    assert len(greenllm_result.repeats) == greenllm_settings.repeats
+    for repeat in greenllm_result.repeats:
+        metrics = repeat.metrics
+        assert metrics.requests == expected_requests
+        if not greenllm_point.workload.replay:
+            assert metrics.output_tokens == expected_requests * greenllm_point.workload.output_tokens
+        assert metrics.ttft_ms.p99 <= metrics.e2el_ms.p99
+        assert metrics.output_throughput > 0
+        if repeat.energy is not None:
+            assert repeat.energy.energy_j > 0 and math.isfinite(repeat.energy.j_per_output_token)

@@ -8,9 +8,10 @@ came from, what it was, and what is accepted: pytest prints it as one ``ERROR:``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -176,6 +177,27 @@ def parse_seconds(raw: Raw, what: str) -> float:
     return value
 
 
+def parse_rate(raw: Raw) -> float | None:
+    """'inf' (None: a closed batch) or requests per second > 0."""
+    if raw.text.strip().lower() == "inf":
+        return None
+    return parse_positive_float(raw, "the arrival rate ('inf' or requests/s)")
+
+
+def parse_engine_args(raw: Raw) -> tuple[tuple[str, Any], ...]:
+    """KEY=VALUE lines; values as JSON where they parse (numbers, true, null), else strings."""
+    parsed: dict[str, Any] = {}
+    for line in raw.text.split():
+        key, sep, text = line.partition("=")
+        if not sep or not key.replace("_", "").isalnum():
+            raise raw.error(f"{line!r} is not KEY=VALUE, e.g. max_model_len=4096")
+        try:
+            parsed[key] = json.loads(text)
+        except ValueError:
+            parsed[key] = text
+    return tuple(parsed.items())
+
+
 def parse_power_limit(raw: Raw) -> int | None:
     """'default' (None) or watts > 0, returned in mW."""
     if raw.text.strip().lower() == "default":
@@ -203,12 +225,14 @@ class Settings:
     min_window_s: float  # Units: s.
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
     power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
+    rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
+    engine_args: tuple[tuple[str, Any], ...]  # passed to vllm.LLM as they are
 
     @classmethod
     def from_sources(
         cls,
         enabled: bool,
-        cli: Mapping[str, str | None],
+        cli: Mapping[str, str | list[str] | None],
         ini: Mapping[str, str],
         flag_prefix: str,
     ) -> Settings:
@@ -216,6 +240,8 @@ class Settings:
         raw: dict[str, Raw] = {}
         for option in OPTIONS:
             given = cli.get(option.dest)
+            if isinstance(given, list):
+                given = "\n".join(given)
             if given is not None:
                 raw[option.name] = Raw(option, given, f"{flag_prefix}{option.name}={given}")
             elif ini.get(option.ini, ""):
@@ -244,12 +270,14 @@ class Settings:
             min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
             power_limit_mw=parse_power_limit(raw["power-limit"]),
+            rate=parse_rate(raw["rate"]),
+            engine_args=parse_engine_args(raw["engine-arg"]),
         )
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
         """Build from pytest's options and ini."""
-        getoption: Callable[[str], str | None] = config.getoption
+        getoption: Callable[[str], str | list[str] | None] = config.getoption
         cli = {option.dest: getoption(option.dest) for option in OPTIONS}
         ini = {option.ini: str(config.getini(option.ini)) for option in OPTIONS}
         enabled = bool(config.getoption(ENABLE_FLAG.lstrip("-")))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.devices.nvml import NvmlGpu
+from pytest_greenllm.engine import EngineFailed
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import POINT_FIXTURE
+from pytest_greenllm.runner import PointResult, measure_point, result_properties
 from pytest_greenllm.session import GreenLLMSession, session_key
 
 
@@ -66,3 +69,41 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
         mhz, tp = point.freq_mhz, point.tp
     with greenllm_session.point_clocks(mhz, tp) as locked:
         yield locked
+
+
+@pytest.fixture
+def greenllm_engine(greenllm_point: KnobPoint, greenllm_session: GreenLLMSession) -> Any:
+    """The ``vllm.LLM`` for this point's engine configuration, shared by points that have it."""
+    try:
+        return greenllm_session.engines.get(greenllm_session.engine_spec(greenllm_point))
+    except EngineFailed as e:
+        greenllm_session.engines.close()
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def greenllm_result(
+    request: pytest.FixtureRequest,
+    greenllm_point: KnobPoint,
+    greenllm_session: GreenLLMSession,
+    locked_clocks: int | None,
+) -> PointResult:
+    """Measure this point: warm-up, then every repeat inside an energy window.
+
+    The result is kept for the session summary and the reports, and its key figures go
+    into the test's ``user_properties`` (and so into ``--junitxml``). An engine failure
+    fails this point with vLLM's message; the next point gets a fresh engine.
+    """
+    session = greenllm_session
+    try:
+        result = measure_point(
+            session, session.engines, session.engine_spec(greenllm_point), greenllm_point, locked_clocks
+        )
+    except EngineFailed as e:
+        try:
+            session.engines.close()
+        finally:
+            pytest.fail(f"{greenllm_point.id}: {e}", pytrace=False)
+    session.results.append(result)
+    request.node.user_properties.extend(result_properties(result))
+    return result

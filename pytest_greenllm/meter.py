@@ -72,6 +72,7 @@ class DeviceWindow:
 class WindowResult:
     """What one measurement window gives."""
 
+    started_s: float  # the meter's clock (time.monotonic) when the window opened. Units: s.
     duration_s: float  # Units: s.
     energy_j: float  # all sources. Units: J.
     devices: tuple[DeviceWindow, ...]
@@ -320,6 +321,7 @@ class EnergyMeter:
         mean = sum(energies) / len(energies) if energies else 0.0
         imbalance = (max(energies) - min(energies)) / mean if len(energies) > 1 and mean > 0 else None
         return WindowResult(
+            started_s=window.t0,
             duration_s=duration_s,
             energy_j=energy_j,
             devices=tuple(devices),

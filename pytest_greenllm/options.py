@@ -25,6 +25,7 @@ class KnobOption:
     metavar: str
     default: str
     help: str
+    repeatable: bool = False  # given several times on the command line; ini: one per line
 
     @property
     def dest(self) -> str:
@@ -83,6 +84,21 @@ OPTIONS: tuple[KnobOption, ...] = (
         "auto",
         "Requests per knob point; 'auto' is twice the batch size, at least 8.",
     ),
+    KnobOption(
+        "rate",
+        "REQ/S",
+        "inf",
+        "Arrival rate: 'inf' sends every request at once (closed batch, the batch size "
+        "bounds concurrency); a number sends Poisson arrivals at that many requests/s.",
+    ),
+    KnobOption(
+        "engine-arg",
+        "KEY=VALUE",
+        "",
+        "Any other vLLM engine argument, passed through (repeat the option; in ini, one "
+        "per line). Values are read as JSON where they parse, else as strings.",
+        repeatable=True,
+    ),
     KnobOption("seed", "N", "0", "Seed of the token-id prompts: same seed, same prompts."),
     KnobOption(
         "trace",
@@ -132,5 +148,6 @@ def add_knob_options(addoption: Callable[..., Any], prefix: str) -> None:
             dest=option.dest,
             metavar=option.metavar,
             default=None,
+            action="append" if option.repeatable else "store",
             help=f"{option.help} Default: {shown}.",
         )

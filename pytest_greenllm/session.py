@@ -6,13 +6,16 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from tabulate import tabulate
 
 from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.backend import NO_METER, Backend, open_backend
 from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand, group_by_engine
+from pytest_greenllm.engine import EngineCache, EngineSpec
 from pytest_greenllm.meter import EnergyMeter
+from pytest_greenllm.runner import PointResult
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE
 
 MARKER = "greenllm"
@@ -78,14 +81,28 @@ class GreenLLMSession:
         self.settings = settings
         self.backend = backend
         self.matrix = matrix
+        self.engines = EngineCache()
+        self.results: list[PointResult] = []
         self._meter: EnergyMeter | None = None
 
     def close(self) -> None:
-        """Stop the meter and give the device back, clocks reset."""
-        if self._meter is not None:
-            self._meter.close()
-        if self.backend is not None:
-            self.backend.close()
+        """Shut the engine down, stop the meter, give the device back with clocks reset."""
+        try:
+            self.engines.close()
+        finally:
+            if self._meter is not None:
+                self._meter.close()
+            if self.backend is not None:
+                self.backend.close()
+
+    def engine_spec(self, point: KnobPoint) -> EngineSpec:
+        """What the point's engine is built from."""
+        return EngineSpec(point.engine, self.settings.model, self.settings.engine_args)
+
+    def meter_or_none(self) -> EnergyMeter | None:
+        """The meter where the device has one; latency is measured either way."""
+        backend = self.require_backend()
+        return self.meter() if backend.sources else None
 
     # --- what fixtures use ---------------------------------------------------------------
     def require_backend(self) -> Backend:
@@ -154,6 +171,29 @@ class GreenLLMSession:
         )
         return lines
 
+    def pytest_sessionfinish(self) -> None:
+        # Before the summary, so that the last engine's memory check is in it.
+        self.engines.close()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.matrix is None:
+            return
+        terminalreporter.section("greenllm")
+        if self.results:
+            terminalreporter.write_line(summary_table(self.results))
+        configs = len({r.point.engine for r in self.results})
+        terminalreporter.write_line(
+            f"greenllm: {self.engines.builds} engine builds for {configs} engine "
+            f"configurations measured ({len(self.matrix.engine_configs)} planned)"
+        )
+        for check in self.engines.memory:
+            verdict = "returned" if check.returned else "NOT returned"
+            terminalreporter.write_line(
+                f"greenllm: engine tp{check.config.tp}-b{check.config.max_num_seqs}: memory "
+                f"{check.before_bytes / 2**20:.0f} MiB before, {check.live_bytes / 2**20:.0f} MiB "
+                f"live, {check.after_bytes / 2**20:.0f} MiB after shutdown: {verdict}"
+            )
+
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if POINT_FIXTURE not in metafunc.fixturenames or self.matrix is None:
             return
@@ -171,6 +211,28 @@ class GreenLLMSession:
             if self.matrix is None and item.get_closest_marker(MARKER) is not None:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
         items[:] = group_by_engine(items, _engine_key)
+
+
+def summary_table(results: Iterable[PointResult]) -> str:
+    """One row per repeat: latency, throughput and energy."""
+    rows = []
+    for result in results:
+        for index, repeat in enumerate(result.repeats):
+            m, e = repeat.metrics, repeat.energy
+            rows.append(
+                (
+                    result.point.id,
+                    index,
+                    m.ttft_ms.p99,
+                    m.itl_ms.p99,
+                    m.e2el_ms.p99,
+                    m.output_throughput,
+                    None if e is None else e.j_per_output_token,
+                    None if e is None else e.avg_power_w,
+                )
+            )
+    headers = ("point", "rep", "TTFT p99 ms", "TBT p99 ms", "E2E p99 ms", "out tok/s", "J/tok", "avg W")
+    return tabulate(rows, headers=headers, floatfmt=".4g", missingval="-")
 
 
 session_key = pytest.StashKey[GreenLLMSession]()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,8 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float
         value = kind(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise DeviceUnavailable(f"${name}={text!r} must be a number >= 0")
+    if not 0 < value < math.inf:
+        raise DeviceUnavailable(f"${name}={text!r} must be a number > 0")
     return value
 
 
@@ -104,13 +105,14 @@ def fake_nvml_from_env() -> FakeNvml:
         power_scale=_env_number(FAKE_POWER_SCALE_ENV, "1", float),
         state_path=Path(state) if state else None,
     )
-    for entry in filter(None, os.environ.get(FAKE_FAIL_ENV, "").split(",")):
-        function, _, code = entry.partition("=")
-        if not code.isdigit() or not function.startswith("nvml"):
+    for entry in filter(None, (e.strip() for e in os.environ.get(FAKE_FAIL_ENV, "").split(","))):
+        function, _, code = (part.strip() for part in entry.partition("="))
+        if not code.isdigit() or not function.startswith("nvml") or not hasattr(fake, function):
             raise DeviceUnavailable(
-                f"${FAKE_FAIL_ENV}: {entry!r} is not FUNCTION=CODE, e.g. nvmlDeviceSetGpuLockedClocks=4"
+                f"${FAKE_FAIL_ENV}: {entry!r} is not FUNCTION=CODE with a function the fake "
+                "NVML has, e.g. nvmlDeviceSetGpuLockedClocks=4"
             )
-        fake.fail(function.strip(), int(code))
+        fake.fail(function, int(code))
     return fake
 
 

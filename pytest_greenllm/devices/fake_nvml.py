@@ -58,6 +58,7 @@ class _Gpu:
     locked_mhz: tuple[int, int] | None = None
     power_limit_mw: int = POWER_LIMIT_RANGE_MW[1]
     energy_mj: float = 0.0  # exact integral of the true power since init. Units: mJ.
+    counter_mj: float = 0.0  # energy_mj at the counter's last 100 ms update. Units: mJ.
     temperature_c: float = IDLE_TEMPERATURE_C
     last_t: float = 0.0
     power_w: float = IDLE_POWER_W  # true power since last_t. Units: W.
@@ -76,9 +77,9 @@ def _serialised(method: F) -> F:
     """
 
     @functools.wraps(method)
-    def wrapper(self: FakeNvml, *args: Any) -> Any:
+    def wrapper(self: FakeNvml, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return method(self, *args)
+            return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -205,6 +206,10 @@ class FakeNvml:
         now = self.clock()
         dt = now - gpu.last_t
         if dt > 0:
+            last_update = math.floor(now / COUNTER_PERIOD_S) * COUNTER_PERIOD_S
+            if last_update > gpu.last_t:
+                # Power was constant since last_t, so the energy at the update is exact.
+                gpu.counter_mj = gpu.energy_mj + gpu.power_w * (last_update - gpu.last_t) * 1000
             gpu.energy_mj += gpu.power_w * dt * 1000
             target = IDLE_TEMPERATURE_C + KELVIN_PER_WATT * (gpu.power_w - IDLE_POWER_W)
             gpu.temperature_c = target + (gpu.temperature_c - target) * math.exp(
@@ -359,8 +364,7 @@ class FakeNvml:
         if not self.energy_counter:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         # The counter shows the energy at its last update, up to 100 ms ago.
-        since_update = gpu.last_t % COUNTER_PERIOD_S
-        return max(0, math.floor(gpu.energy_mj - gpu.power_w * since_update * 1000))
+        return math.floor(gpu.counter_mj)
 
     @_serialised
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:

@@ -1,0 +1,257 @@
+"""vLLM engines: build one per engine configuration, reuse it, shut it down, drive a run.
+
+vLLM is imported inside the functions that need it: pytest imports this plugin on every
+run, and ``import vllm`` takes seconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from pytest_greenllm.knobs import EngineConfig
+from pytest_greenllm.metrics import RequestRecord
+from pytest_greenllm.model_info import ModelInfo
+from pytest_greenllm.workloads import RequestSpec
+
+# vLLM's CPU backend takes its KV-cache size from the environment, in GiB.
+CPU_KVCACHE_GIB = "2"
+WARMUP_REQUESTS = 2
+WARMUP_PROMPT = tuple(range(100, 116))
+WARMUP_OUTPUT_TOKENS = 4
+
+
+class EngineFailed(Exception):
+    """The engine could not be built or failed during a run; the message is vLLM's."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine is built from."""
+
+    config: EngineConfig
+    model: ModelInfo
+    engine_args: tuple[tuple[str, Any], ...] = ()  # --greenllm-engine-arg, passed through
+    max_model_len: int | None = None
+
+
+def on_cpu() -> bool:
+    """Whether vLLM runs on its CPU backend here."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def cpu_thread_binding(tp: int, cores: Sequence[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``tp`` ranks: the cores split into ``tp`` groups."""
+    if tp > len(cores):
+        raise EngineFailed(f"tp{tp} needs {tp} CPU cores, {len(cores)} available")
+    size = len(cores) // tp
+    groups = [cores[i * size : (i + 1) * size] for i in range(tp)]
+    return "|".join(",".join(str(c) for c in group) for group in groups)
+
+
+def engine_kwargs(spec: EngineSpec, cpu: bool) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments for ``spec``."""
+    kwargs: dict[str, Any] = {
+        "model": spec.model.path,
+        "tensor_parallel_size": spec.config.tp,
+        "max_num_seqs": spec.config.max_num_seqs,
+        # Every repeat sends the same prompts: a prefix cache would serve repeats from
+        # memory and measure less work than the workload asks for.
+        "enable_prefix_caching": False,
+        "seed": 0,
+    }
+    if spec.max_model_len is not None:
+        kwargs["max_model_len"] = spec.max_model_len
+    if spec.model.embedded:
+        kwargs.update(load_format="dummy", skip_tokenizer_init=True)
+    if cpu:
+        # The CPU backend has no fp16 kernels and gains nothing from graph capture, whose
+        # compile time would dominate a sweep.
+        kwargs.update(dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.1)
+    kwargs.update(dict(spec.engine_args))
+    return kwargs
+
+
+def cpu_environment(tp: int) -> dict[str, str]:
+    """Environment the CPU backend needs, unless the user set it already."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)}
+    if tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(tp, sorted(os.sched_getaffinity(0)))
+    return env
+
+
+def build_llm(spec: EngineSpec) -> Any:
+    """Build a ``vllm.LLM``; any failure becomes EngineFailed with vLLM's message."""
+    try:
+        from vllm import LLM
+
+        cpu = on_cpu()
+        if cpu:
+            os.environ.update(cpu_environment(spec.config.tp))
+        return LLM(**engine_kwargs(spec, cpu))
+    except Exception as e:  # vLLM raises many kinds; the test must get its message
+        raise EngineFailed(f"building the engine for {spec.config} failed: {e}") from e
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop the engine's processes and free its memory (vLLM 0.32 has no LLM.shutdown)."""
+    llm.llm_engine.engine_core.shutdown()
+
+
+def process_tree_rss_bytes() -> int:
+    """Resident memory of this process and its children. Units: bytes."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """Memory of this process tree around one engine's life. Units: bytes."""
+
+    config: EngineConfig
+    before_bytes: int  # just before the build
+    live_bytes: int  # right after the build: the engine's processes and KV cache included
+    after_bytes: int  # after shutdown
+    first: bool  # the session's first build also pays vLLM's one-time imports
+
+    @property
+    def returned(self) -> bool:
+        """Back within 10% of before; the first build is judged against its own size."""
+        if self.first:
+            return self.after_bytes - self.before_bytes <= 0.10 * self.live_bytes
+        return self.after_bytes <= self.before_bytes * 1.10
+
+
+@dataclass
+class EngineCache:
+    """One live engine at a time, reused while the configuration stays the same."""
+
+    build: Callable[[EngineSpec], Any] = build_llm
+    shutdown: Callable[[Any], None] = shutdown_llm
+    builds: int = 0
+    memory: list[MemoryCheck] = field(default_factory=list)
+    _spec: EngineSpec | None = None
+    _llm: Any = None
+    _before_bytes: int = 0
+    _live_bytes: int = 0
+
+    def get(self, spec: EngineSpec) -> Any:
+        """The engine for ``spec``: the live one, or a new one after shutting that down."""
+        if self._llm is not None and spec == self._spec:
+            return self._llm
+        self.close()
+        import vllm  # noqa: F401  (its import costs memory that no engine frees)
+
+        gc.collect()
+        self._before_bytes = process_tree_rss_bytes()
+        self.builds += 1
+        self._llm = self.build(spec)
+        self._spec = spec
+        self._live_bytes = process_tree_rss_bytes()
+        return self._llm
+
+    def close(self) -> None:
+        """Shut the live engine down and record whether its memory came back."""
+        if self._llm is None or self._spec is None:
+            return
+        llm, spec = self._llm, self._spec
+        self._llm = self._spec = None
+        try:
+            self.shutdown(llm)
+        finally:
+            del llm
+            gc.collect()
+            self.memory.append(
+                MemoryCheck(
+                    spec.config,
+                    self._before_bytes,
+                    self._live_bytes,
+                    process_tree_rss_bytes(),
+                    first=not self.memory,
+                )
+            )
+
+
+def poisson_arrivals(count: int, rate_per_s: float, seed: int) -> list[float]:
+    """Arrival offsets of a Poisson process at ``rate_per_s``, seeded. Units: s."""
+    rng = random.Random(f"greenllm-arrivals:{seed}")
+    t, out = 0.0, []
+    for _ in range(count):
+        out.append(t)
+        t += rng.expovariate(rate_per_s)
+    return out
+
+
+def run_requests(
+    llm: Any,
+    requests: Sequence[RequestSpec],
+    arrivals_s: Sequence[float],
+    tag: str,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[RequestRecord]:
+    """Submit ``requests`` at their arrival offsets and step the engine until all finish,
+    stamping every output token as it arrives. Outputs are exactly ``output_tokens`` long.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    order = sorted(range(len(requests)), key=lambda i: arrivals_s[i])
+    sent: dict[str, float] = {}
+    stamps: dict[str, list[float]] = {}
+    ids = [f"{tag}-{i}" for i in range(len(requests))]
+    start = clock()
+    nxt = 0
+    try:
+        while nxt < len(order) or engine.has_unfinished_requests():
+            now = clock()
+            while nxt < len(order) and start + arrivals_s[order[nxt]] <= now:
+                i = order[nxt]
+                spec = requests[i]
+                params = SamplingParams(
+                    max_tokens=spec.output_tokens,
+                    min_tokens=spec.output_tokens,
+                    ignore_eos=True,
+                    detokenize=False,
+                    output_kind=RequestOutputKind.DELTA,
+                )
+                engine.add_request(ids[i], TokensPrompt(prompt_token_ids=list(spec.prompt_token_ids)), params)
+                sent[ids[i]] = clock()
+                stamps[ids[i]] = []
+                nxt += 1
+            if engine.has_unfinished_requests():
+                outputs = engine.step()
+                t = clock()
+                for output in outputs:
+                    stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
+            elif nxt < len(order):
+                sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
+    except Exception as e:
+        raise EngineFailed(f"the engine failed during the run: {e}") from e
+    return [
+        RequestRecord(sent[rid], tuple(stamps[rid]), len(spec.prompt_token_ids))
+        for rid, spec in zip(ids, requests)
+    ]
+
+
+def warm_up(llm: Any, tag: str) -> None:
+    """A few short requests, unmeasured, so the first measured one pays no start-up cost."""
+    spec = RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)
+    run_requests(llm, [spec] * WARMUP_REQUESTS, [0.0] * WARMUP_REQUESTS, f"{tag}-warmup")
