@@ -84,16 +84,24 @@ class GreenLLMSession:
         self.engines = EngineCache()
         self.results: list[PointResult] = []
         self._meter: EnergyMeter | None = None
+        self.close_error: str | None = None
 
     def close(self) -> None:
-        """Shut the engine down, stop the meter, give the device back with clocks reset."""
+        """Shut the engine down, stop the meter, give the device back with clocks reset.
+
+        Idempotent. A device that cannot be put back is remembered in ``close_error``.
+        """
         try:
             self.engines.close()
         finally:
             if self._meter is not None:
                 self._meter.close()
             if self.backend is not None:
-                self.backend.close()
+                backend, self.backend = self.backend, None
+                try:
+                    backend.close()
+                except DeviceError as e:
+                    self.close_error = str(e)
 
     def engine_spec(self, point: KnobPoint) -> EngineSpec:
         """What the point's engine is built from."""
@@ -153,7 +161,7 @@ class GreenLLMSession:
             yield locked
         finally:
             if locked is not None and guard is not None:
-                guard.restore()
+                guard.restore(clocks_only=True)
 
     # --- hooks ---------------------------------------------------------------------------
     def pytest_report_header(self) -> list[str]:
@@ -171,14 +179,19 @@ class GreenLLMSession:
         )
         return lines
 
-    def pytest_sessionfinish(self) -> None:
-        # Before the summary, so that the last engine's memory check is in it.
-        self.engines.close()
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # Here, not at unconfigure: the summary then has the last engine's memory check,
+        # and a device that could not be put back can still fail the run.
+        self.close()
+        if self.close_error is not None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.matrix is None:
             return
         terminalreporter.section("greenllm")
+        if self.close_error is not None:
+            terminalreporter.write_line(f"greenllm: {self.close_error}", red=True)
         if self.results:
             terminalreporter.write_line(summary_table(self.results))
         configs = len({r.point.engine for r in self.results})

@@ -48,8 +48,11 @@ class Backend:
         try:
             if self.guard is not None:
                 self.guard.restore()
-                self.guard.uninstall()
         finally:
+            # Even when a reset failed: the record stays in the state file for
+            # `greenllm reset-clocks`, and handlers must not retry on a closed NVML.
+            if self.guard is not None:
+                self.guard.uninstall()
             if self.nvml is not None:
                 self.nvml.close()
                 self.nvml = None

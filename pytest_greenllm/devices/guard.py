@@ -162,13 +162,15 @@ class ClockGuard:
                         f"its {low / 1000:g}-{high / 1000:g} W range"
                     )
                 change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
-                if change.original_power_limit_mw is None:
+                previous = change.original_power_limit_mw
+                if previous is None:
                     change.original_power_limit_mw = gpu.power_limit_mw()
                 self._write_state()
                 try:
                     gpu.set_power_limit_mw(limit_mw)
                 except DeviceError:
-                    change.original_power_limit_mw = None
+                    # An earlier call's change still stands, and its original with it.
+                    change.original_power_limit_mw = previous
                     self._forget_unchanged(gpu.info.uuid)
                     raise
 
@@ -178,18 +180,27 @@ class ClockGuard:
             del self._changes[uuid]
         self._write_state()
 
-    def restore(self) -> list[str]:
-        """Reset every change; idempotent. Returns the GPUs reset."""
+    def restore(self, clocks_only: bool = False) -> list[str]:
+        """Reset every change (or only locked clocks: a session-wide power limit stays);
+        idempotent. Returns the GPUs reset."""
         with self._lock:
             done: list[str] = []
             failures: list[str] = []
             for uuid, change in list(self._changes.items()):
+                if clocks_only:
+                    if change.clock_mhz is None:
+                        continue
+                    change = Change(change.index, change.clock_mhz)
                 try:
                     done.append(self._undo(uuid, change))
                 except DeviceError as e:
                     failures.append(str(e))
                     continue
-                del self._changes[uuid]
+                if clocks_only:
+                    self._changes[uuid].clock_mhz = None
+                    self._forget_unchanged(uuid)
+                else:
+                    del self._changes[uuid]
             self._write_state()
             if failures:
                 raise DeviceError(
