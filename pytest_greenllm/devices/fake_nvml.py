@@ -240,8 +240,9 @@ class FakeNvml:
         self.state_path.write_text(json.dumps(state))
 
     def _check(self, function: str) -> None:
-        if function in self._failures:
-            raise NVMLError(self._failures[function])
+        code = self._failures.get(function)
+        if code is not None:
+            raise NVMLError(code)
         if function != "nvmlInit" and self._init_count == 0:
             raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
 

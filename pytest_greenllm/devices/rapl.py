@@ -8,6 +8,7 @@ reading: the meter derives power from counter differences.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from pytest_greenllm.devices.base import Reading
@@ -26,6 +27,9 @@ class RaplZone:
         self.max_energy_uj = self._read_int("max_energy_range_uj")
         self._last_uj = self._read_int("energy_uj")
         self._total_uj = 0
+        # Two windows' samplers may read one zone at once; an interleaved update would
+        # look like a wrap and add a whole counter range.
+        self._lock = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -52,15 +56,16 @@ class RaplZone:
 
     def energy_mj(self) -> float:
         """Energy since this zone was opened, unwrapped. Units: mJ."""
-        raw = self._read_int("energy_uj")
-        delta = raw - self._last_uj
-        if delta < 0:
-            # One wrap between two reads; reads come far more often than the counter
-            # wraps (minutes at full power), so more than one cannot hide here.
-            delta += self.max_energy_uj
-        self._last_uj = raw
-        self._total_uj += delta
-        return self._total_uj / 1000
+        with self._lock:
+            raw = self._read_int("energy_uj")
+            delta = raw - self._last_uj
+            if delta < 0:
+                # One wrap between two reads; reads come far more often than the counter
+                # wraps (minutes at full power), so more than one cannot hide here.
+                delta += self.max_energy_uj
+            self._last_uj = raw
+            self._total_uj += delta
+            return self._total_uj / 1000
 
     def read(self) -> Reading:
         """RAPL reports no power of its own; the meter derives it from the counter."""
@@ -69,7 +74,10 @@ class RaplZone:
 
 def find_zones(root: Path = POWERCAP) -> list[RaplZone]:
     """The readable package zones under ``root``; raises when there are none."""
-    paths = sorted(p for p in root.glob("intel-rapl:*") if _PACKAGE_ZONE.match(p.name))
+    paths = sorted(
+        (p for p in root.glob("intel-rapl:*") if _PACKAGE_ZONE.match(p.name)),
+        key=lambda p: int(p.name.split(":")[1]),
+    )
     if not paths:
         raise NotSupported(f"no RAPL package zones under {root}; this kernel or CPU has no RAPL")
     return [RaplZone(p) for p in paths]
