@@ -11,10 +11,16 @@ import pytest
 from tabulate import tabulate
 
 from pytest_greenllm import __version__
-from pytest_greenllm.config import Settings
+from pytest_greenllm.compare import CompareError, compare_reports
+from pytest_greenllm.compare import render as render_comparison
+from pytest_greenllm.config import Raw, Settings, parse_tolerance
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.knobs import Matrix
-from pytest_greenllm.options import OPTIONS, add_knob_options
+from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
+from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
+from pytest_greenllm.recommend import render as render_recommendation
+from pytest_greenllm.report import ReportError, load_report
+from pytest_greenllm.verdicts import SloError, parse_slo
 from pytest_greenllm.devices.backend import fake_nvml_from_env
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
@@ -59,6 +65,34 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reset even if the run that locked them still seems to be alive",
     )
+    compare = commands.add_parser(
+        "compare",
+        help="compare two JSON reports point by point",
+        description="Every knob point both reports hold, with deltas and the energy verdict "
+        "(J/output-token and average power over repeats: worse by more than the tolerance "
+        "and credibly so). Exit 0: nothing regressed; 1: something did; 2: bad input.",
+    )
+    compare.add_argument("base", type=Path, help="the baseline report (e.g. the main branch's)")
+    compare.add_argument("head", type=Path, help="the report to judge")
+    compare.add_argument("--format", choices=("table", "markdown"), default="table",
+                         help="markdown for a PR comment or $GITHUB_STEP_SUMMARY. Default: table.")
+    compare.add_argument("--tolerance", default="5%",
+                         help="largest increase that passes, e.g. 5%% or 0.05. Default: 5%%.")
+    compare.add_argument("--allow-mismatch", action="store_true",
+                         help="compare reports from setups whose energy differs")
+    rec = commands.add_parser(
+        "recommend",
+        help="the best configuration per objective, and the Pareto frontier",
+        description="Among points that meet the SLOs: the least energy per output token, the "
+        "least average power, the most throughput; and the Pareto frontier of J/output-token "
+        "against p99 TBT.",
+    )
+    rec.add_argument("report", type=Path)
+    rec.add_argument("--slo", default=None,
+                     help="judge against these SLOs instead of the report's verdicts, e.g. "
+                     "ttft_p99=2s,tbt_p99=200ms")
+    rec.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                     help="also draw J/output-token against p99 TBT (needs matplotlib)")
     return parser
 
 
@@ -126,13 +160,50 @@ def _reset_clocks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    tolerance = parse_tolerance(Raw(OPTIONS_BY_NAME["energy-tolerance"], args.tolerance, f"--tolerance={args.tolerance}"))
+    try:
+        base, head = load_report(args.base), load_report(args.head)
+        comparison = compare_reports(base, head, tolerance, args.allow_mismatch)
+    except (ReportError, CompareError) as e:
+        print(f"greenllm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_comparison(comparison, markdown=args.format == "markdown"))
+    return EXIT_FAILED if comparison.regressed else EXIT_OK
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    try:
+        report = load_report(args.report)
+        slo = None if args.slo is None else parse_slo(args.slo)
+    except (ReportError, SloError) as e:
+        print(f"greenllm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    recommendation = recommend(report, slo)
+    if report["device"] == "fake":
+        print("device: FAKE — every energy figure below is simulated, not measured")
+    print(render_recommendation(recommendation))
+    if args.plot is not None:
+        try:
+            plot(recommendation, report, args.plot)
+        except PlotUnavailable as e:
+            print(f"greenllm: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"plot written: {args.plot}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``greenllm`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    commands = {
+        "reset-clocks": _reset_clocks,
+        "compare": _compare,
+        "recommend": _recommend,
+        "knobs": _knobs,
+    }
     try:
-        if args.command == "reset-clocks":
-            return _reset_clocks(args)
-        return _knobs(args)
+        return commands[args.command](args)
     except pytest.UsageError as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE

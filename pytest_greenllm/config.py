@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +21,7 @@ from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, KnobOption
 from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
+from pytest_greenllm.verdicts import DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, parse_slo
 from pytest_greenllm.workloads import (
     DEFAULT_BUCKETS,
     REPLAY,
@@ -187,7 +189,8 @@ def parse_rate(raw: Raw) -> float | None:
 def parse_engine_args(raw: Raw) -> tuple[tuple[str, Any], ...]:
     """KEY=VALUE lines; values as JSON where they parse (numbers, true, null), else strings."""
     parsed: dict[str, Any] = {}
-    for line in raw.text.split():
+    # One argument a line, so that JSON values may hold spaces.
+    for line in filter(None, (line.strip() for line in raw.text.splitlines())):
         key, sep, text = line.partition("=")
         if not sep or not key.replace("_", "").isalnum():
             raise raw.error(f"{line!r} is not KEY=VALUE, e.g. max_model_len=4096")
@@ -196,6 +199,56 @@ def parse_engine_args(raw: Raw) -> tuple[tuple[str, Any], ...]:
         except ValueError:
             parsed[key] = text
     return tuple(parsed.items())
+
+
+def parse_slos(raw: Raw, workloads: tuple[Workload, ...]) -> tuple[tuple[str, Slo], ...]:
+    """The SLO of every workload: defaults, then global items, then the workload's own."""
+    global_items, own = "", {}
+    for group in filter(None, (g.strip() for g in raw.text.split(";"))):
+        name, sep, items = group.partition(":")
+        if sep and "=" not in name:
+            own[name.strip().upper()] = items
+        else:
+            global_items += "," + group
+    names = {w.name.upper() for w in workloads}
+    unknown = sorted(set(own) - names)
+    if unknown:
+        raise raw.error(f"SLOs for {', '.join(unknown)}, which is not among the workloads")
+    try:
+        return tuple(
+            (
+                w.name,
+                parse_slo(
+                    own.get(w.name.upper(), ""),
+                    parse_slo(global_items, DEFAULT_WORKLOAD_SLOS.get(w.name, DEFAULT_SLO)),
+                ),
+            )
+            for w in workloads
+        )
+    except SloError as e:
+        raise raw.error(str(e)) from None
+
+
+def parse_tolerance(raw: Raw) -> float:
+    """'5%' or 0.05: a relative increase >= 0."""
+    text = raw.text.strip()
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise raw.error("the tolerance must be a percentage such as 5% (or 0.05), >= 0")
+    return value
+
+
+def parse_existing_path(raw: Raw) -> Path | None:
+    """A path that exists; empty for none."""
+    if not raw.text.strip():
+        return None
+    path = Path(raw.text.strip())
+    if not path.exists():
+        raise raw.error(f"{path} does not exist")
+    return path
 
 
 def parse_power_limit(raw: Raw) -> int | None:
@@ -226,6 +279,10 @@ class Settings:
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
     power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
     rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
+    slos: tuple[tuple[str, Slo], ...]  # per workload name
+    baseline_path: Path | None
+    energy_tolerance: float  # relative: 0.05 is 5%
+    resume_path: Path | None
     engine_args: tuple[tuple[str, Any], ...]  # passed to vllm.LLM as they are
 
     @classmethod
@@ -240,10 +297,12 @@ class Settings:
         raw: dict[str, Raw] = {}
         for option in OPTIONS:
             given = cli.get(option.dest)
+            flag = f"{flag_prefix}{option.name}"
             if isinstance(given, list):
-                given = "\n".join(given)
-            if given is not None:
-                raw[option.name] = Raw(option, given, f"{flag_prefix}{option.name}={given}")
+                source = " ".join(f"{flag}={value}" for value in given)
+                raw[option.name] = Raw(option, "\n".join(given), source)
+            elif given is not None:
+                raw[option.name] = Raw(option, given, f"{flag}={given}")
             elif ini.get(option.ini, ""):
                 text = ini[option.ini]
                 raw[option.name] = Raw(option, text, f"ini {option.ini} = {text}")
@@ -253,12 +312,13 @@ class Settings:
         buckets = DEFAULT_BUCKETS
         if trace is not None:
             buckets = {b.name: (b.input_tokens, b.output_tokens) for b in derive_buckets(trace)}
+        workloads = parse_workloads(raw["workloads"], buckets, trace)
         return cls(
             enabled=enabled,
             freqs=parse_freqs(raw["freqs"]),
             tps=parse_positive_ints(raw["tp"], "tensor-parallel sizes"),
             batches=parse_positive_ints(raw["batch"], "batch sizes"),
-            workloads=parse_workloads(raw["workloads"], buckets, trace),
+            workloads=workloads,
             model=parse_model(raw["model"]),
             device=parse_device(raw["device"]),
             repeats=parse_positive_int(raw["repeats"], "the repeat count"),
@@ -271,6 +331,10 @@ class Settings:
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
             power_limit_mw=parse_power_limit(raw["power-limit"]),
             rate=parse_rate(raw["rate"]),
+            slos=parse_slos(raw["slo"], workloads),
+            baseline_path=parse_existing_path(raw["baseline"]),
+            energy_tolerance=parse_tolerance(raw["energy-tolerance"]),
+            resume_path=parse_existing_path(raw["resume"]),
             engine_args=parse_engine_args(raw["engine-arg"]),
         )
 
@@ -285,3 +349,8 @@ class Settings:
 
 
 settings_key: Final = pytest.StashKey[Settings]()
+
+
+def slo_for(settings: Settings, workload: str) -> Slo:
+    """The SLO a point of ``workload`` is held to."""
+    return dict(settings.slos)[workload]

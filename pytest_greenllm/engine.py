@@ -144,6 +144,7 @@ class EngineCache:
     build: Callable[[EngineSpec], Any] = build_llm
     shutdown: Callable[[Any], None] = shutdown_llm
     builds: int = 0
+    configs: set[EngineConfig] = field(default_factory=set)  # every configuration built
     memory: list[MemoryCheck] = field(default_factory=list)
     _spec: EngineSpec | None = None
     _llm: Any = None
@@ -160,6 +161,7 @@ class EngineCache:
         gc.collect()
         self._before_bytes = process_tree_rss_bytes()
         self.builds += 1
+        self.configs.add(spec.config)
         self._llm = self.build(spec)
         self._spec = spec
         self._live_bytes = process_tree_rss_bytes()

@@ -14,7 +14,7 @@ from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import POINT_FIXTURE
 from pytest_greenllm.runner import PointResult, measure_point, result_properties
-from pytest_greenllm.session import GreenLLMSession, session_key
+from pytest_greenllm.session import SKIP_REASON, GreenLLMSession, session_key
 
 
 @pytest.fixture
@@ -88,13 +88,19 @@ def greenllm_result(
     greenllm_session: GreenLLMSession,
     locked_clocks: int | None,
 ) -> PointResult:
-    """Measure this point: warm-up, then every repeat inside an energy window.
+    """Measure this point: warm-up, then every repeat inside an energy window, then judge it.
 
-    The result is kept for the session summary and the reports, and its key figures go
-    into the test's ``user_properties`` (and so into ``--junitxml``). An engine failure
+    The result goes to the journal at once and to the report at the end, its key figures
+    into the test's ``user_properties`` (and so into ``--junitxml``) and, when the test
+    uses pytest-benchmark's ``benchmark`` fixture, into ``benchmark.extra_info``. A missed
+    SLO or an energy regression fails the test with one line per finding. An engine failure
     fails this point with vLLM's message; the next point gets a fresh engine.
     """
+    __tracebackhide__ = True
     session = greenllm_session
+    results = session.results
+    if results is None:
+        pytest.skip(SKIP_REASON)
     try:
         result = measure_point(
             session, session.engines, session.engine_spec(greenllm_point), greenllm_point, locked_clocks
@@ -104,6 +110,12 @@ def greenllm_result(
             session.engines.close()
         finally:
             pytest.fail(f"{greenllm_point.id}: {e}", pytrace=False)
-    session.results.append(result)
-    request.node.user_properties.extend(result_properties(result))
+    record, verdict = results.record(result)
+    properties = result_properties(result, record)
+    request.node.user_properties.extend(properties)
+    if "benchmark" in request.fixturenames:
+        request.getfixturevalue("benchmark").extra_info.update(dict(properties))
+    failures = verdict.failures(greenllm_point.id)
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
     return result

@@ -30,7 +30,8 @@ ALL_CLOCKS: Literal[_Clocks.ALL] = _Clocks.ALL
 FreqRequest: TypeAlias = tuple[int | None, ...] | Literal[_Clocks.ALL]
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
+    """'1 point', '2 points'."""
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
@@ -93,13 +94,13 @@ class Matrix:
     def header_lines(self) -> list[str]:
         """What the session header and ``greenllm knobs`` say about the matrix."""
         lines = [
-            f"greenllm: {_count(len(self.points), 'point')}, "
-            f"{_count(len(self.engine_configs), 'engine build')}, "
+            f"greenllm: {count_of(len(self.points), 'point')}, "
+            f"{count_of(len(self.engine_configs), 'engine build')}, "
             f"device={self.capabilities.kind} ({self.capabilities.accelerator})"
         ]
         lines.extend(f"greenllm: {note}" for note in self.notes)
         for reason, count in Counter(reason for _, reason in self.removed).items():
-            lines.append(f"greenllm: removed {_count(count, 'point')}: {reason}")
+            lines.append(f"greenllm: removed {count_of(count, 'point')}: {reason}")
         return lines
 
 

@@ -75,15 +75,22 @@ class RunMetrics:
     total_throughput: float  # prompt + output tokens per second. Units: tokens/s.
     request_throughput: float  # Units: requests/s.
     steady: SteadyState | None  # None when the batch never filled
+    # Per request, in submission order: the raw values behind the statistics. Units: ms.
+    request_ttft_ms: tuple[float, ...] = ()
+    request_tpot_ms: tuple[float | None, ...] = ()  # None for one-token outputs
+    request_e2el_ms: tuple[float, ...] = ()
 
 
 def steady_state(records: Sequence[RequestRecord], batch: int, start_s: float) -> SteadyState | None:
-    """The ML.ENERGY steady state: ``batch`` requests have their first token, none finished."""
-    if not records or any(not r.token_s for r in records):
+    """The ML.ENERGY steady state: ``batch`` requests have their first token, none finished.
+
+    None when the batch never fills (fewer requests than ``batch``).
+    """
+    if len(records) < batch or any(not r.token_s for r in records):
         return None
     firsts = sorted(r.token_s[0] for r in records)
     lasts = sorted(r.token_s[-1] for r in records)
-    full_at = firsts[min(batch, len(firsts)) - 1]
+    full_at = firsts[batch - 1]
     drain_at = lasts[0]
     if drain_at <= full_at:
         return None
@@ -99,7 +106,7 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
     end = max((r.token_s[-1] for r in records if r.token_s), default=start)
     duration = end - start
     ttft: list[float] = []
-    tpot: list[float] = []
+    tpot: list[float | None] = []
     itl: list[float] = []
     e2el: list[float] = []
     for r in records:
@@ -108,8 +115,11 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
         ttft.append((r.token_s[0] - r.send_s) * 1000)
         e2el.append((r.token_s[-1] - r.send_s) * 1000)
         itl.extend((b - a) * 1000 for a, b in zip(r.token_s, r.token_s[1:]))
-        if r.output_tokens > 1:
-            tpot.append((r.token_s[-1] - r.token_s[0]) * 1000 / (r.output_tokens - 1))
+        tpot.append(
+            (r.token_s[-1] - r.token_s[0]) * 1000 / (r.output_tokens - 1)
+            if r.output_tokens > 1
+            else None
+        )
     prompt = sum(r.prompt_tokens for r in records)
     output = sum(r.output_tokens for r in records)
     per_s = 1 / duration if duration > 0 else float("nan")
@@ -119,13 +129,16 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
         output_tokens=output,
         duration_s=duration,
         ttft_ms=Stat.of(ttft),
-        tpot_ms=Stat.of(tpot),
+        tpot_ms=Stat.of([v for v in tpot if v is not None]),
         itl_ms=Stat.of(itl),
         e2el_ms=Stat.of(e2el),
         output_throughput=output * per_s,
         total_throughput=(prompt + output) * per_s,
         request_throughput=len(records) * per_s,
         steady=steady_state(records, batch, start),
+        request_ttft_ms=tuple(ttft),
+        request_tpot_ms=tuple(tpot),
+        request_e2el_ms=tuple(e2el),
     )
 
 

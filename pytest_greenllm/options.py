@@ -109,6 +109,34 @@ OPTIONS: tuple[KnobOption, ...] = (
     ),
     KnobOption("json", "PATH", "", "Write the JSON report to PATH."),
     KnobOption(
+        "slo",
+        "SPEC",
+        "",
+        "SLOs, e.g. 'ttft_p99=2000ms,tbt_p99=200ms,throughput_min=50'; a 'W:' prefix "
+        "after ';' sets them for workload W only ('ttft_p99=2s;L:ttft_p99=5s'); 'none' "
+        "drops one. Names: ttft_p99, tbt_p99, tpot_p99, e2el_p99, throughput_min (tok/s). "
+        "Defaults: ttft_p99=2s (5s for L), tbt_p99=200ms.",
+    ),
+    KnobOption(
+        "baseline",
+        "PATH",
+        "",
+        "A previous JSON report: every point in both fails if its J/output-token or "
+        "average power rose by more than the tolerance, credibly (bootstrap over repeats).",
+    ),
+    KnobOption(
+        "energy-tolerance",
+        "PCT",
+        "5%",
+        "Largest J/output-token or average-power increase over the baseline that passes.",
+    ),
+    KnobOption(
+        "resume",
+        "JOURNAL",
+        "",
+        "Continue a killed sweep from its journal: measured points are kept, not rerun.",
+    ),
+    KnobOption(
         "sample-hz",
         "HZ",
         "10",
@@ -149,5 +177,6 @@ def add_knob_options(addoption: Callable[..., Any], prefix: str) -> None:
             metavar=option.metavar,
             default=None,
             action="append" if option.repeatable else "store",
-            help=f"{option.help} Default: {shown}.",
+            # argparse %-formats help texts: a literal % must be doubled.
+            help=f"{option.help} Default: {shown}.".replace("%", "%%"),
         )

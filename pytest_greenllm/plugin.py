@@ -12,6 +12,7 @@ from pytest_greenllm import hookspec
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, add_knob_options
+from pytest_greenllm.reporting import prepare_reports
 from pytest_greenllm.session import (
     MARKER,
     GreenLLMSession,
@@ -23,6 +24,7 @@ from pytest_greenllm.session import (
 pytest_plugins = ["pytest_greenllm.fixtures"]
 
 SESSION_PLUGIN = "greenllm-session"
+ALLOW_MISMATCH_FLAG = "--greenllm-allow-mismatch"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +38,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "skipped. Default: off.",
     )
     add_knob_options(group.addoption, PYTEST_PREFIX)
+    group.addoption(
+        ALLOW_MISMATCH_FLAG,
+        action="store_true",
+        dest="greenllm_allow_mismatch",
+        default=False,
+        help="Compare with a baseline measured on another setup (GPU model, device kind, "
+        "power limit, model) instead of refusing. Default: off.",
+    )
     for option in OPTIONS:
         # Typed ini values crash with INTERNALERROR on bad input in some pytest versions;
         # strings are converted and checked in config.py instead.
@@ -53,7 +63,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     settings = Settings.from_config(config)
     config.stash[settings_key] = settings
-    backend = matrix = None
     if settings.enabled:
 
         def plugin_problems(point: KnobPoint) -> list[str]:
@@ -62,10 +71,16 @@ def pytest_configure(config: pytest.Config) -> None:
         backend = open_device(settings, f"{PYTEST_PREFIX}device")
         try:
             matrix = build_matrix(settings, backend.capabilities, plugin_problems)
+            results, context, notes = prepare_reports(
+                config, settings, backend, bool(config.getoption("greenllm_allow_mismatch"))
+            )
         except BaseException:
             backend.close()
             raise
-    session = GreenLLMSession(settings, backend, matrix)
+        session = GreenLLMSession(settings, backend, matrix, results, context)
+        session.notes.extend(notes)
+    else:
+        session = GreenLLMSession(settings, None, None)
     config.stash[session_key] = session
     config.pluginmanager.register(session, SESSION_PLUGIN)
 

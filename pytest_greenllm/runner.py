@@ -117,24 +117,26 @@ def measure_point(
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 
-def result_properties(result: PointResult) -> list[tuple[str, object]]:
-    """Key figures as (name, value) pairs for ``user_properties``; the last repeat's."""
-    repeat = result.repeats[-1]
-    m, e = repeat.metrics, repeat.energy
+def result_properties(result: PointResult, record: dict[str, Any]) -> list[tuple[str, object]]:
+    """Key figures as (name, value) pairs for ``user_properties``: means over repeats, and
+    the verdicts."""
+    summary, verdicts = record["summary"], record["verdicts"]
     properties: list[tuple[str, object]] = [
         ("greenllm_point", result.point.id),
         ("greenllm_clock_mhz", result.locked_clock_mhz),
-        ("greenllm_ttft_p99_ms", round(m.ttft_ms.p99, 3)),
-        ("greenllm_tbt_p99_ms", round(m.itl_ms.p99, 3)),
-        ("greenllm_e2el_p99_ms", round(m.e2el_ms.p99, 3)),
-        ("greenllm_output_tokens_per_s", round(m.output_throughput, 3)),
-        ("greenllm_requests_per_s", round(m.request_throughput, 4)),
+        ("greenllm_repeats", len(result.repeats)),
     ]
-    if e is not None:
-        properties += [
-            ("greenllm_energy_j", round(e.energy_j, 3)),
-            ("greenllm_j_per_output_token", round(e.j_per_output_token, 6)),
-            ("greenllm_avg_power_w", round(e.avg_power_w, 2)),
-            ("greenllm_meter_method", e.method),
-        ]
+    for key in (
+        "ttft_p99_ms", "itl_p99_ms", "tpot_p99_ms", "e2el_p99_ms", "output_throughput",
+        "request_throughput", "j_per_output_token", "avg_power_w",
+    ):
+        if summary.get(key) is not None:
+            properties.append((f"greenllm_{key}", round(summary[key], 6)))
+    energy = result.repeats[-1].energy
+    if energy is not None:
+        properties.append(("greenllm_meter_method", energy.method))
+    properties.append(("greenllm_slo_met", verdicts["slo_met"]))
+    properties.append(("greenllm_goodput_share", round(verdicts["goodput"]["share"], 4)))
+    if verdicts["regressions"]:
+        properties.append(("greenllm_energy_regressed", verdicts["regressed"]))
     return properties

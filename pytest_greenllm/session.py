@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from tabulate import tabulate
@@ -12,10 +14,11 @@ from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.backend import NO_METER, Backend, open_backend
 from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
-from pytest_greenllm.knobs import KnobPoint, Matrix, expand, group_by_engine
+from pytest_greenllm.knobs import KnobPoint, Matrix, count_of, expand, group_by_engine
 from pytest_greenllm.engine import EngineCache, EngineSpec
 from pytest_greenllm.meter import EnergyMeter
-from pytest_greenllm.runner import PointResult
+from pytest_greenllm.reporting import ReportContext
+from pytest_greenllm.results import Results
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE
 
 MARKER = "greenllm"
@@ -77,12 +80,22 @@ def _engine_key(item: pytest.Item) -> Hashable | None:
 class GreenLLMSession:
     """Registered in ``pytest_configure``; its methods are hook implementations."""
 
-    def __init__(self, settings: Settings, backend: Backend | None, matrix: Matrix | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend | None,
+        matrix: Matrix | None,
+        results: Results | None = None,
+        report_context: ReportContext | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.matrix = matrix
+        self.results = results
+        self.report_context = report_context
         self.engines = EngineCache()
-        self.results: list[PointResult] = []
+        self.notes: list[str] = []  # printed in the header
+        self.written: list[Path] = []
         self._meter: EnergyMeter | None = None
         self.close_error: str | None = None
 
@@ -170,7 +183,7 @@ class GreenLLMSession:
         s = self.settings
         requests = "auto" if s.requests is None else str(s.requests)
         lines = [*self.matrix.header_lines()]
-        lines.extend(f"greenllm: {note}" for note in self.backend.notes)
+        lines.extend(f"greenllm: {note}" for note in [*self.backend.notes, *self.notes])
         if not self.backend.sources:
             lines.append(f"greenllm: {NO_METER}")
         lines.append(
@@ -182,22 +195,44 @@ class GreenLLMSession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # Here, not at unconfigure: the summary then has the last engine's memory check,
         # and a device that could not be put back can still fail the run.
+        meter_method = self._meter_method()
         self.close()
+        if self.results is not None and self.report_context is not None and self.matrix is not None:
+            points = self.results.all_points([p.id for p in self.matrix.points])
+            if points:
+                self.written = self.report_context.write(points, meter_method)
         if self.close_error is not None and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def _meter_method(self) -> str | None:
+        methods = {
+            r["energy"]["method"]
+            for record in (self.results.records if self.results else [])
+            for r in record["repeats"]
+            if r["energy"] is not None
+        }
+        return methods.pop() if len(methods) == 1 else ("mixed" if methods else None)
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.matrix is None:
+        if self.matrix is None or self.results is None:
             return
         terminalreporter.section("greenllm")
         if self.close_error is not None:
             terminalreporter.write_line(f"greenllm: {self.close_error}", red=True)
-        if self.results:
-            terminalreporter.write_line(summary_table(self.results))
-        configs = len({r.point.engine for r in self.results})
+        order = [p.id for p in self.matrix.points]
+        points = self.results.all_points(order)
+        if points:
+            terminalreporter.write_line(summary_table(points))
+        new, gone = self.results.baseline_coverage(order)
+        if new:
+            terminalreporter.write_line(f"greenllm: not in the baseline, not compared: {', '.join(new)}")
+        if gone:
+            terminalreporter.write_line(f"greenllm: in the baseline, not measured now: {', '.join(gone)}")
+        configs = len(self.engines.configs)
         terminalreporter.write_line(
-            f"greenllm: {self.engines.builds} engine builds for {configs} engine "
-            f"configurations measured ({len(self.matrix.engine_configs)} planned)"
+            f"greenllm: {count_of(self.engines.builds, 'engine build')} for "
+            f"{count_of(configs, 'engine configuration')} measured "
+            f"({len(self.matrix.engine_configs)} planned)"
         )
         for check in self.engines.memory:
             verdict = "returned" if check.returned else "NOT returned"
@@ -206,6 +241,10 @@ class GreenLLMSession:
                 f"{check.before_bytes / 2**20:.0f} MiB before, {check.live_bytes / 2**20:.0f} MiB "
                 f"live, {check.after_bytes / 2**20:.0f} MiB after shutdown: {verdict}"
             )
+        for path in self.written:
+            terminalreporter.write_line(f"greenllm: report written: {path}")
+        if self.results.journal.path.exists():
+            terminalreporter.write_line(f"greenllm: journal: {self.results.journal.path}")
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if POINT_FIXTURE not in metafunc.fixturenames or self.matrix is None:
@@ -218,33 +257,56 @@ class GreenLLMSession:
         metafunc.parametrize(POINT_FIXTURE, points, ids=[p.id for p in points], indirect=True)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        resumed = self.results.resumed if self.results is not None else {}
         for item in items:
             if POINT_FIXTURE in getattr(item, "fixturenames", ()):
                 item.add_marker(MARKER)
             if self.matrix is None and item.get_closest_marker(MARKER) is not None:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+            point = _point_of(item)
+            if point is not None and point.id in resumed and self.results is not None:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"greenllm: measured before, kept from {self.results.journal.path}"
+                    )
+                )
         items[:] = group_by_engine(items, _engine_key)
 
 
-def summary_table(results: Iterable[PointResult]) -> str:
-    """One row per repeat: latency, throughput and energy."""
+def summary_table(points: list[dict[str, Any]]) -> str:
+    """Points x key figures; the best point per objective among those meeting the SLOs is
+    marked: E least energy per token, P least average power, T most throughput."""
+    marks: dict[str, str] = {p["id"]: "" for p in points}
+    passing = [p for p in points if p["verdicts"].get("slo_met", True)]
+    for mark, key, pick in (
+        ("E", "j_per_output_token", min),
+        ("P", "avg_power_w", min),
+        ("T", "output_throughput", max),
+    ):
+        candidates = [p for p in passing if p["summary"].get(key) is not None]
+        if candidates:
+            marks[pick(candidates, key=lambda p: p["summary"][key])["id"]] += mark
     rows = []
-    for result in results:
-        for index, repeat in enumerate(result.repeats):
-            m, e = repeat.metrics, repeat.energy
-            rows.append(
-                (
-                    result.point.id,
-                    index,
-                    m.ttft_ms.p99,
-                    m.itl_ms.p99,
-                    m.e2el_ms.p99,
-                    m.output_throughput,
-                    None if e is None else e.j_per_output_token,
-                    None if e is None else e.avg_power_w,
-                )
+    for p in points:
+        s, v = p["summary"], p["verdicts"]
+        rows.append(
+            (
+                p["id"],
+                len(p["repeats"]),
+                s["ttft_p99_ms"],
+                s["itl_p99_ms"],
+                s["output_throughput"],
+                s["j_per_output_token"],
+                s["avg_power_w"],
+                "ok" if v.get("slo_met", True) else "MISSED",
+                "REGRESSED" if v.get("regressed") else ("ok" if v.get("regressions") else "-"),
+                marks[p["id"]],
             )
-    headers = ("point", "rep", "TTFT p99 ms", "TBT p99 ms", "E2E p99 ms", "out tok/s", "J/tok", "avg W")
+        )
+    headers = (
+        "point", "reps", "TTFT p99 ms", "TBT p99 ms", "out tok/s", "J/tok", "avg W", "SLO",
+        "energy", "best",
+    )
     return tabulate(rows, headers=headers, floatfmt=".4g", missingval="-")
 
 

@@ -1,0 +1,237 @@
+"""Verdicts over measured points: SLOs, goodput, and the energy-regression test (pure).
+
+The regression test compares J per output token (and average power) of one point in two
+runs, over their repeats. It fails only when the increase of the mean is larger than the
+tolerance AND credible: the lower end of a 95% bootstrap confidence interval of the
+relative increase lies above zero. A bootstrap (percentile method, resampling each side's
+repeats, 2000 seeded resamples) fits a ratio of means and assumes no distribution; a rank
+test such as Mann-Whitney cannot reach p < 0.05 one-sided with fewer than 3 repeats a side
+and says nothing about the size of the change. With one repeat on either side there is no
+spread to test against: the plain threshold decides, and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SLO_METRICS = ("ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min")
+_UNITS_MS = {"ms": 1.0, "s": 1000.0, "": 1.0}
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+class SloError(ValueError):
+    """An SLO specification that cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Limits a point must meet; None: not checked. Latencies in ms, throughput tokens/s."""
+
+    ttft_p99_ms: float | None = None
+    tbt_p99_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    e2el_p99_ms: float | None = None
+    throughput_min: float | None = None  # output tokens/s
+
+
+# Interactive-chat defaults modelled on the paper's setting (its exact values are not
+# public): TTFT p99 <= 2 s for S and M, <= 5 s for L; TBT p99 <= 200 ms.
+DEFAULT_SLO = Slo(ttft_p99_ms=2000.0, tbt_p99_ms=200.0)
+DEFAULT_WORKLOAD_SLOS: Mapping[str, Slo] = {"L": Slo(ttft_p99_ms=5000.0, tbt_p99_ms=200.0)}
+
+
+def parse_slo(text: str, base: Slo | None = None) -> Slo:
+    """``ttft_p99=2000ms,tbt_p99=0.2s,throughput_min=100`` over ``base``; 'none' clears one."""
+    base = base or Slo()
+    values: dict[str, float | None] = {
+        "ttft_p99": base.ttft_p99_ms,
+        "tbt_p99": base.tbt_p99_ms,
+        "tpot_p99": base.tpot_p99_ms,
+        "e2el_p99": base.e2el_p99_ms,
+        "throughput_min": base.throughput_min,
+    }
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in values:
+            raise SloError(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(SLO_METRICS)}")
+        if value.lower() == "none":
+            values[name] = None
+            continue
+        if name == "throughput_min":
+            number, unit = value, ""
+        else:
+            match = re.fullmatch(r"([0-9.]+(?:e-?[0-9]+)?)\s*(ms|s)?", value)
+            if match is None:
+                raise SloError(f"{item!r}: expected a duration such as 2000ms or 2s")
+            number, unit = match.group(1), match.group(2) or "ms"
+        try:
+            limit = float(number) * _UNITS_MS[unit]
+        except ValueError:
+            raise SloError(f"{item!r}: {number!r} is not a number") from None
+        if not limit > 0 or math.isinf(limit):
+            raise SloError(f"{item!r}: the limit must be a number > 0")
+        values[name] = limit
+    return Slo(
+        values["ttft_p99"], values["tbt_p99"], values["tpot_p99"], values["e2el_p99"],
+        values["throughput_min"],
+    )
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One SLO a point missed."""
+
+    metric: str
+    measured: float
+    limit: float
+    unit: str
+
+    def message(self, point_id: str) -> str:
+        relation = "<" if self.metric == "throughput_min" else ">"
+        return (
+            f"SLO missed at {point_id}: {self.metric} = {self.measured:.4g} {self.unit} "
+            f"{relation} limit {self.limit:.4g} {self.unit}"
+        )
+
+
+def slo_violations(summary: Mapping[str, float | None], slo: Slo) -> list[Violation]:
+    """Which limits ``summary`` (metric -> value, latencies in ms; None: not measured) misses."""
+    checks = (
+        ("ttft_p99", "ttft_p99_ms", slo.ttft_p99_ms),
+        ("tbt_p99", "itl_p99_ms", slo.tbt_p99_ms),
+        ("tpot_p99", "tpot_p99_ms", slo.tpot_p99_ms),
+        ("e2el_p99", "e2el_p99_ms", slo.e2el_p99_ms),
+    )
+    out = []
+    for name, key, limit in checks:
+        value = summary.get(key)
+        if limit is not None and value is not None and value > limit:
+            out.append(Violation(name, value, limit, "ms"))
+    throughput = summary.get("output_throughput")
+    if slo.throughput_min is not None and throughput is not None and throughput < slo.throughput_min:
+        out.append(
+            Violation("throughput_min", throughput, slo.throughput_min, "tok/s")
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Goodput:
+    """Requests that met every per-request SLO, as ``vllm bench serve`` counts them."""
+
+    good_requests: int
+    requests: int
+    requests_per_s: float  # good requests per second. Units: 1/s.
+    j_per_good_request: float | None  # Units: J.
+
+    @property
+    def share(self) -> float:
+        return self.good_requests / self.requests if self.requests else math.nan
+
+
+def goodput(
+    ttft_ms: Sequence[float],
+    tpot_ms: Sequence[float | None],
+    e2el_ms: Sequence[float],
+    duration_s: float,
+    slo: Slo,
+    energy_j: float | None,
+) -> Goodput:
+    """A request is good when its TTFT, TPOT and E2EL are within the SLO's limits (the p99
+    limits applied to each request, as `vllm bench serve --goodput` does)."""
+    good = 0
+    for ttft, tpot, e2el in zip(ttft_ms, tpot_ms, e2el_ms):
+        ok = slo.ttft_p99_ms is None or ttft <= slo.ttft_p99_ms
+        ok = ok and (slo.tpot_p99_ms is None or tpot is None or tpot <= slo.tpot_p99_ms)
+        ok = ok and (slo.e2el_p99_ms is None or e2el <= slo.e2el_p99_ms)
+        good += ok
+    per_s = good / duration_s if duration_s > 0 else math.nan
+    per_good = energy_j / good if energy_j is not None and good else None
+    return Goodput(good, len(ttft_ms), per_s, per_good)
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The energy-regression verdict of one metric of one point."""
+
+    metric: str
+    base_mean: float
+    head_mean: float
+    increase: float  # relative: 0.1 is 10% more than the baseline
+    ci_low: float | None  # 95% bootstrap interval of the increase; None for single repeats
+    ci_high: float | None
+    tolerance: float
+    regressed: bool
+    method: str  # 'bootstrap' or 'threshold (single repeat)'
+
+    def message(self, point_id: str) -> str:
+        interval = (
+            f", 95% CI {self.ci_low:+.1%} to {self.ci_high:+.1%}" if self.ci_low is not None else ""
+        )
+        return (
+            f"energy regression at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
+            f"{self.base_mean:.4g} ({self.increase:+.1%}{interval}; tolerance "
+            f"{self.tolerance:.0%}, {self.method})"
+        )
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values)
+
+
+def bootstrap_increase(
+    base: Sequence[float], head: Sequence[float], seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of mean(head) / mean(base) - 1."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        b = _mean([rng.choice(base) for _ in base])
+        h = _mean([rng.choice(head) for _ in head])
+        ratios.append(h / b - 1 if b > 0 else math.inf)
+    ratios.sort()
+    tail = (1 - CONFIDENCE) / 2
+    return ratios[int(tail * len(ratios))], ratios[min(len(ratios) - 1, int((1 - tail) * len(ratios)))]
+
+
+def regression(
+    metric: str, base: Sequence[float], head: Sequence[float], tolerance: float, seed: int = 0
+) -> Regression:
+    """Is ``head`` worse than ``base`` by more than ``tolerance``, credibly?"""
+    if not base or not head:
+        raise ValueError(f"{metric}: both runs need at least one repeat")
+    base_mean, head_mean = _mean(base), _mean(head)
+    increase = head_mean / base_mean - 1 if base_mean > 0 else math.inf
+    if len(base) < 2 or len(head) < 2:
+        return Regression(
+            metric, base_mean, head_mean, increase, None, None, tolerance,
+            increase > tolerance, "threshold (single repeat)",
+        )
+    low, high = bootstrap_increase(base, head, seed)
+    return Regression(
+        metric, base_mean, head_mean, increase, low, high, tolerance,
+        increase > tolerance and low > 0, "bootstrap",
+    )
+
+
+GATED_METRICS = ("j_per_output_token", "avg_power_w")
+
+
+def energy_regressions(
+    base_summary: Mapping[str, Any], head_summary: Mapping[str, Any], tolerance: float
+) -> list[Regression]:
+    """The regression test of every gated metric both report summaries have repeats of."""
+    out = []
+    for metric in GATED_METRICS:
+        before = base_summary.get(f"{metric}_repeats") or []
+        now = head_summary.get(f"{metric}_repeats") or []
+        if before and now:
+            out.append(regression(metric, before, now, tolerance))
+    return out
