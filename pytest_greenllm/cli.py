@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from pytest_greenllm import __version__
 from pytest_greenllm.compare import CompareError, compare_reports
 from pytest_greenllm.compare import render as render_comparison
 from pytest_greenllm.config import Raw, Settings, parse_tolerance
+from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
+from pytest_greenllm.history import DEFAULT_HISTORY, HistoryError, load_history
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.knobs import Matrix
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
@@ -72,7 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         "(J/output-token and average power over repeats: worse by more than the tolerance "
         "and credibly so). Exit 0: nothing regressed; 1: something did; 2: bad input.",
     )
-    compare.add_argument("base", type=Path, help="the baseline report (e.g. the main branch's)")
+    compare.add_argument(
+        "base",
+        type=Path,
+        help="the baseline: a report, or a folder of earlier reports (the autosave folder, "
+        "downloaded artifacts) whose most recent matching ones are pooled",
+    )
     compare.add_argument("head", type=Path, help="the report to judge")
     compare.add_argument("--format", choices=("table", "markdown"), default="table",
                          help="markdown for a PR comment or $GITHUB_STEP_SUMMARY. Default: table.")
@@ -80,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="largest increase that passes, e.g. 5%% or 0.05. Default: 5%%.")
     compare.add_argument("--allow-mismatch", action="store_true",
                          help="compare reports from setups whose energy differs")
+    compare.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                         help="with a folder as base: pool the N most recent matching reports. "
+                         f"Default: {DEFAULT_HISTORY}.")
+    compare.add_argument("--output", type=Path, default=None, metavar="FILE",
+                         help="also append the output to FILE (e.g. $GITHUB_STEP_SUMMARY)")
+    compare.add_argument("--missing-baseline", choices=("fail", "pass"), default="fail",
+                         help="when the base does not exist yet (a first run): 'fail' (exit 2) "
+                         "or 'pass' (exit 0, saying so). Default: fail.")
     rec = commands.add_parser(
         "recommend",
         help="the best configuration per objective, and the Pareto frontier",
@@ -93,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
                      "ttft_p99=2s,tbt_p99=200ms")
     rec.add_argument("--plot", type=Path, default=None, metavar="PNG",
                      help="also draw J/output-token against p99 TBT (needs matplotlib)")
+    export = commands.add_parser(
+        "export",
+        help="write a report in a continuous-benchmarking tool's format",
+        description="github-action-benchmark (customSmallerIsBetter and customBiggerIsBetter "
+        "files, in --output-dir), bencher (Bencher Metric Format JSON) or csv.",
+    )
+    export.add_argument("report", type=Path)
+    export.add_argument("--format", required=True, choices=("github-action-benchmark", "bencher", "csv"))
+    export.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="bencher or csv: write here instead of standard output")
+    export.add_argument("--output-dir", type=Path, default=None, metavar="DIR",
+                        help="github-action-benchmark: write smaller-is-better.json and "
+                        "bigger-is-better.json here. Default: the current directory.")
     return parser
 
 
@@ -160,15 +189,32 @@ def _reset_clocks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _emit(text: str, output: Path | None) -> None:
+    print(text)
+    if output is not None:
+        with output.open("a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
 def _compare(args: argparse.Namespace) -> int:
-    tolerance = parse_tolerance(Raw(OPTIONS_BY_NAME["energy-tolerance"], args.tolerance, f"--tolerance={args.tolerance}"))
+    tolerance = parse_tolerance(
+        Raw(OPTIONS_BY_NAME["energy-tolerance"], args.tolerance, f"--tolerance={args.tolerance}")
+    )
+    if args.history < 1:
+        raise pytest.UsageError(f"--history={args.history}: pool at least 1 report")
+    if args.missing_baseline == "pass" and not args.base.exists():
+        _emit(f"greenllm: no baseline at {args.base} yet: nothing to compare (passing)", args.output)
+        return EXIT_OK
     try:
-        base, head = load_report(args.base), load_report(args.head)
-        comparison = compare_reports(base, head, tolerance, args.allow_mismatch)
-    except (ReportError, CompareError) as e:
+        head = load_report(args.head)
+        history = load_history(args.base, head["fingerprint"], args.allow_mismatch, args.history)
+        comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch)
+    except (ReportError, HistoryError, CompareError) as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(render_comparison(comparison, markdown=args.format == "markdown"))
+    markdown = args.format == "markdown"
+    comparison.notes[:0] = history.lines()
+    _emit(render_comparison(comparison, markdown=markdown), args.output)
     return EXIT_FAILED if comparison.regressed else EXIT_OK
 
 
@@ -193,6 +239,31 @@ def _recommend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        report = load_report(args.report)
+    except ReportError as e:
+        print(f"greenllm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "github-action-benchmark":
+        directory = args.output_dir or Path.cwd()
+        directory.mkdir(parents=True, exist_ok=True)
+        lists = github_action_benchmark(report)
+        for tool, name in (("customSmallerIsBetter", "smaller-is-better.json"),
+                           ("customBiggerIsBetter", "bigger-is-better.json")):
+            path = directory / name
+            path.write_text(json.dumps(lists[tool], indent=1) + "\n", encoding="utf-8")
+            print(f"{tool}: {path} ({len(lists[tool])} entries)")
+        return EXIT_OK
+    text = csv_text(report) if args.format == "csv" else json.dumps(bencher(report), indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"{args.format}: {args.output}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``greenllm`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -201,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": _compare,
         "recommend": _recommend,
         "knobs": _knobs,
+        "export": _export,
     }
     try:
         return commands[args.command](args)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_greenllm.config import Settings, slo_for
+from pytest_greenllm.history import load_history
 from pytest_greenllm.report import (
     Journal,
     fingerprint_differences,
-    load_report,
     point_record,
     write_atomic,
 )
@@ -121,16 +121,12 @@ class Results:
 
 
 def load_baseline(path: Path, fingerprint: dict[str, Any], allow_mismatch: bool) -> tuple[dict[str, Any], list[str]]:
-    """The baseline report, refused when its setup changes energy; returns notes to print."""
-    baseline = load_report(path)
-    energy, other = fingerprint_differences(baseline["fingerprint"], fingerprint)
-    if energy and not allow_mismatch:
-        raise ValueError(
-            f"{path} was measured on another setup ({'; '.join(energy)}); comparing energy "
-            "across it means nothing (--greenllm-allow-mismatch to compare anyway)"
-        )
-    notes = [f"baseline {path} differs: {line}" for line in energy + other]
-    return baseline, notes
+    """The baseline: one report, or a folder's recent matching reports pooled; the baseline
+    of another setup is refused (ValueError). Returns it and notes to print."""
+    history = load_history(path, fingerprint, allow_mismatch)
+    energy, other = fingerprint_differences(history.report["fingerprint"], fingerprint)
+    notes = history.lines() + [f"baseline differs: {line}" for line in energy + other]
+    return history.report, notes
 
 
 def autosave_path(root: Path, git: dict[str, Any] | None) -> Path:
