@@ -35,7 +35,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``greenllm`` argument parser, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="greenllm", description="Energy sweeps of LLM inference: the pytest-greenllm tools."
     )
@@ -266,7 +267,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``greenllm`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     commands = {
         "reset-clocks": _reset_clocks,
         "compare": _compare,
