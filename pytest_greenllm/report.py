@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
@@ -32,6 +33,7 @@ SCHEMA_VERSION = 1
 JOURNAL_SCHEMA = "pytest-greenllm journal"
 # Fingerprint fields whose difference changes energy: comparing across them is refused.
 ENERGY_FIELDS = ("device", "gpu_model", "gpu_count", "power_limit_w", "model")
+POINT_FIELDS = (("id", str), ("config", dict), ("repeats", list), ("summary", dict), ("verdicts", dict))
 
 
 class ReportError(ValueError):
@@ -196,8 +198,12 @@ def new_report(
 def write_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader never sees half a file: temp file, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
@@ -216,12 +222,19 @@ def load_report(path: Path) -> dict[str, Any]:
             f"{path}: schema_version {data.get('schema_version')!r}, this pytest-greenllm "
             f"reads {SCHEMA_VERSION}"
         )
-    for key in ("fingerprint", "points", "device"):
-        if key not in data:
-            raise ReportError(f"{path}: the report has no {key!r}")
-    ids = [p.get("id") for p in data["points"] if isinstance(p, dict)]
-    if len(ids) != len(data["points"]) or None in ids or len(set(ids)) != len(ids):
-        raise ReportError(f"{path}: points without ids, or with the same id twice")
+    for key, kind in (("fingerprint", dict), ("points", list), ("device", str)):
+        if not isinstance(data.get(key), kind):
+            raise ReportError(f"{path}: the report has no {key!r} {kind.__name__}")
+    for index, point in enumerate(data["points"]):
+        missing = [
+            key for key, kind in POINT_FIELDS
+            if not isinstance(point, dict) or not isinstance(point.get(key), kind)
+        ]
+        if missing:
+            raise ReportError(f"{path}: point {index} lacks {', '.join(missing)}")
+    ids = [p["id"] for p in data["points"]]
+    if len(set(ids)) != len(ids):
+        raise ReportError(f"{path}: two points have the same id")
     return data
 
 
@@ -236,12 +249,20 @@ class Journal:
         """The points already in the journal, by id; a torn last line is ignored."""
         if not self.path.exists():
             return {}
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        text = self.path.read_text(encoding="utf-8")
+        if not text.strip():
+            # Killed before the first point was flushed: nothing to keep.
+            return {}
+        lines = text.splitlines()
         try:
-            header = json.loads(lines[0]) if lines else {}
+            header = json.loads(lines[0])
         except json.JSONDecodeError:
-            header = {}
-        if header.get("schema") != JOURNAL_SCHEMA or header.get("schema_version") != SCHEMA_VERSION:
+            header = None
+        if (
+            not isinstance(header, dict)
+            or header.get("schema") != JOURNAL_SCHEMA
+            or header.get("schema_version") != SCHEMA_VERSION
+        ):
             raise ReportError(f"{self.path}: not a pytest-greenllm journal of schema {SCHEMA_VERSION}")
         energy, _ = fingerprint_differences(header.get("fingerprint", {}), self.fingerprint)
         if energy:
@@ -258,13 +279,22 @@ class Journal:
                     raise ReportError(f"{self.path}:{number}: not JSON") from None
                 # The sweep was killed while writing this line: drop it, so that lines
                 # appended from now on follow a whole one.
-                kept = "".join(f"{x}\n" for x in lines[:-1])
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                tmp.write_text(kept, encoding="utf-8")
-                os.replace(tmp, self.path)
+                self._rewrite(lines[:-1])
                 break
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise ReportError(f"{self.path}:{number}: not a point record")
             points[record["id"]] = record
+        else:
+            if not text.endswith("\n"):
+                # Killed after a whole record but before its newline: end the line, or
+                # the next record would be written onto it.
+                self._rewrite(lines)
         return points
+
+    def _rewrite(self, lines: list[str]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Add one finished point, flushed to disk before returning."""

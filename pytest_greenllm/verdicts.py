@@ -178,7 +178,7 @@ class Regression:
         return (
             f"energy regression at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
             f"{self.base_mean:.4g} ({self.increase:+.1%}{interval}; tolerance "
-            f"{self.tolerance:.0%}, {self.method})"
+            f"{self.tolerance * 100:g}%, {self.method})"
         )
 
 
@@ -207,17 +207,22 @@ def regression(
     """Is ``head`` worse than ``base`` by more than ``tolerance``, credibly?"""
     if not base or not head:
         raise ValueError(f"{metric}: both runs need at least one repeat")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*base, *head]):
+        raise ValueError(f"{metric}: a repeat has no finite value; was no token generated?")
     base_mean, head_mean = _mean(base), _mean(head)
     increase = head_mean / base_mean - 1 if base_mean > 0 else math.inf
+    # Compared as a product, not as `increase > tolerance`: a rise of exactly the
+    # tolerance must pass, and the division's rounding would make it fail.
+    beyond = head_mean > base_mean * (1 + tolerance)
     if len(base) < 2 or len(head) < 2:
         return Regression(
             metric, base_mean, head_mean, increase, None, None, tolerance,
-            increase > tolerance, "threshold (single repeat)",
+            beyond, "threshold (single repeat)",
         )
     low, high = bootstrap_increase(base, head, seed)
     return Regression(
         metric, base_mean, head_mean, increase, low, high, tolerance,
-        increase > tolerance and low > 0, "bootstrap",
+        beyond and low > 0, "bootstrap",
     )
 
 

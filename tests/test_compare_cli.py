@@ -1,0 +1,266 @@
+"""``greenllm compare`` and ``greenllm recommend`` through ``main(argv)``, in-process, on the
+checked-in example report and variants of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_greenllm.cli import main
+from pytest_greenllm.recommend import recommend
+
+DATA = Path(__file__).parent / "data" / "report-v1.json"
+FAST, SLOW = "32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"
+Capsys = pytest.CaptureFixture[str]
+
+
+def example() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DATA.read_text())
+    return data
+
+
+def scaled(report: dict[str, Any], factor: float) -> dict[str, Any]:
+    """Every repeat's J/token and power times ``factor``: a uniform energy regression."""
+    out = copy.deepcopy(report)
+    for point in out["points"]:
+        summary = point["summary"]
+        for metric in ("j_per_output_token", "avg_power_w"):
+            summary[f"{metric}_repeats"] = [v * factor for v in summary[f"{metric}_repeats"]]
+            summary[metric] *= factor
+    return out
+
+
+def save(directory: Path, name: str, report: dict[str, Any]) -> str:
+    path = directory / name
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def compare(tmp_path: Path, head: dict[str, Any], *options: str) -> int:
+    return main(["compare", save(tmp_path, "base.json", example()), save(tmp_path, "head.json", head), *options])
+
+
+def test_a_report_against_itself_passes(tmp_path: Path, capsys: Capsys) -> None:
+    assert compare(tmp_path, example()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "0 of 2 shared points regressed" in out
+    assert all(line.split()[-1] == "ok" for line in out if line.startswith(("32x8", "64x8")))
+
+
+def test_ten_percent_more_energy_fails_and_names_the_point(tmp_path: Path, capsys: Capsys) -> None:
+    assert compare(tmp_path, scaled(example(), 1.10)) == 1
+    out = capsys.readouterr().out.splitlines()
+    # The slow point's two repeats differ by 40%: a 10% rise is not credible there.
+    assert f"1 of 2 shared points regressed: {FAST}" in out
+    rows = {line.split()[0]: line.split() for line in out if line.startswith(("32x8", "64x8"))}
+    assert rows[FAST][-1] == "REGRESSED" and rows[SLOW][-1] == "ok"
+    assert rows[FAST][3:5] == ["+10.0%", "+10.0%"]
+
+
+def test_a_wider_tolerance_passes_the_same_rise(tmp_path: Path, capsys: Capsys) -> None:
+    assert compare(tmp_path, scaled(example(), 1.10), "--tolerance", "15%") == 0
+    assert "0 of 2 shared points regressed" in capsys.readouterr().out
+
+
+def test_markdown_is_a_github_table_with_bold_regressions(tmp_path: Path, capsys: Capsys) -> None:
+    assert compare(tmp_path, scaled(example(), 1.10), "--format", "markdown") == 1
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if line.startswith("| point"))
+    assert out[header].endswith("|") and "| verdict" in out[header]
+    assert out[header + 1].startswith("|---")
+    row = next(line for line in out if line.startswith(f"| {FAST}"))
+    assert "| **REGRESSED** |" in row
+    assert "**ok**" not in "\n".join(out)
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(report: dict[str, Any]) -> None:
+        report[key] = value
+    return edit
+
+
+def _fingerprint(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(report: dict[str, Any]) -> None:
+        report["fingerprint"][key] = value
+    return edit
+
+
+def _rename_points(report: dict[str, Any]) -> None:
+    for point in report["points"]:
+        point["id"] = "other-" + point["id"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_set("schema_version", 2), "schema_version 2, this pytest-greenllm reads 1"),
+        (_rename_points, "share no knob point"),
+        (_fingerprint("device", "nvml"), "device: 'fake' -> 'nvml'"),
+        (_fingerprint("gpu_model", "NVIDIA A100-SXM4-40GB"), "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100"),
+    ],
+    ids=["schema-2", "disjoint", "device", "gpu-model"],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, capsys: Capsys, edit: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    head = example()
+    edit(head)
+    assert compare(tmp_path, head) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("greenllm: error: ") and captured.err.count("\n") == 1
+    assert reason in captured.err
+
+
+@pytest.mark.parametrize("missing", ["base", "head"])
+def test_unreadable_report_exits_2(tmp_path: Path, capsys: Capsys, missing: str) -> None:
+    paths = {"base": save(tmp_path, "base.json", example()), "head": save(tmp_path, "head.json", example())}
+    paths[missing] = str(tmp_path / "gone.json")
+    assert main(["compare", paths["base"], paths["head"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "gone.json") in err
+
+
+def test_bad_tolerance_exits_2(tmp_path: Path, capsys: Capsys) -> None:
+    assert compare(tmp_path, example(), "--tolerance=-5%") == 2
+    assert "tolerance" in capsys.readouterr().err
+
+
+def test_point_without_summary_exits_2(tmp_path: Path, capsys: Capsys) -> None:
+    head = example()
+    del head["points"][0]["summary"]
+    assert compare(tmp_path, head) == 2
+
+
+@pytest.mark.parametrize("output", ["table", "markdown"])
+def test_allow_mismatch_lists_the_difference_above_the_table(
+    tmp_path: Path, capsys: Capsys, output: str
+) -> None:
+    head = scaled(example(), 1.10)
+    head["fingerprint"]["gpu_model"] = "NVIDIA A100-SXM4-40GB"
+    assert compare(tmp_path, head, "--allow-mismatch", "--format", output) == 1
+    out = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(out) if "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100" in line)
+    table = next(i for i, line in enumerate(out) if "verdict" in line)
+    assert note < table
+
+
+def test_points_in_one_report_only_are_listed_not_failed(tmp_path: Path, capsys: Capsys) -> None:
+    head = example()
+    head["points"][1]["id"] = "128x8-tp1-b4-1410MHz"
+    assert compare(tmp_path, head) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "0 of 1 shared points regressed" in out
+    assert f"only in base (not compared): {SLOW}" in out
+    assert "only in head (not compared): 128x8-tp1-b4-1410MHz" in out
+
+
+def point(id_: str, j: float, watts: float, throughput: float, tbt: float, met: bool = True) -> dict[str, Any]:
+    summary = {
+        "j_per_output_token": j, "avg_power_w": watts, "output_throughput": throughput,
+        "ttft_p99_ms": 100.0, "itl_p99_ms": tbt,
+    }
+    return {"id": id_, "config": {}, "repeats": [], "summary": summary, "verdicts": {"slo_met": met}}
+
+
+def recommend_report(device: str = "fake") -> dict[str, Any]:
+    report = example()
+    report["device"] = device
+    report["points"] = [
+        point("eco", 0.2, 300.0, 500.0, 80.0),
+        point("quiet", 0.3, 150.0, 300.0, 60.0),
+        point("fast", 0.4, 500.0, 2000.0, 40.0),
+        # Best on every objective, but it missed its SLO: it must never be picked.
+        point("missed", 0.1, 100.0, 3000.0, 300.0, met=False),
+    ]
+    return report
+
+
+def best(out: str) -> dict[str, str]:
+    """Objective -> the id of the point recommended for it."""
+    picks = {}
+    for line in out.splitlines():
+        for objective in ("least energy per token", "least average power", "most throughput"):
+            if line.startswith(objective):
+                picks[objective] = line.removeprefix(objective).split()[0]
+    return picks
+
+
+def test_recommend_picks_one_point_per_objective(tmp_path: Path, capsys: Capsys) -> None:
+    assert main(["recommend", save(tmp_path, "r.json", recommend_report())]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("device: FAKE")
+    assert best(out) == {
+        "least energy per token": "eco", "least average power": "quiet", "most throughput": "fast",
+    }
+    assert "3 points meet the SLOs, 1 do not: missed" in out
+
+
+@pytest.mark.parametrize(
+    ("slo", "picks", "verdict"),
+    [
+        ("tbt_p99=70ms", ("quiet", "quiet", "fast"), "2 points meet the SLOs, 2 do not: eco, missed"),
+        # Looser than the report's own SLO: the point that missed it now passes.
+        ("tbt_p99=1s", ("missed", "missed", "missed"), "4 points meet the SLOs, 0 do not"),
+        ("tbt_p99=1ms", ("no", "no", "no"), "0 points meet the SLOs, 4 do not"),
+    ],
+)
+def test_recommend_slo_rejudges_the_points(
+    tmp_path: Path, capsys: Capsys, slo: str, picks: tuple[str, str, str], verdict: str
+) -> None:
+    assert main(["recommend", save(tmp_path, "r.json", recommend_report("nvml")), "--slo", slo]) == 0
+    out = capsys.readouterr().out
+    assert "FAKE" not in out
+    assert tuple(best(out).values()) == picks
+    assert verdict in out
+
+
+def test_recommend_plots_a_png(tmp_path: Path, capsys: Capsys) -> None:
+    png = tmp_path / "frontier.png"
+    assert main(["recommend", save(tmp_path, "r.json", recommend_report()), "--plot", str(png)]) == 0
+    assert f"plot written: {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("slo", ["tbt_p99=fast", "latency=2s", "ttft_p99=0ms"])
+def test_recommend_bad_slo_exits_2(tmp_path: Path, capsys: Capsys, slo: str) -> None:
+    assert main(["recommend", save(tmp_path, "r.json", recommend_report()), "--slo", slo]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("greenllm: error: ")
+    assert captured.err.count("\n") == 1
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    sa, sb = a["summary"], b["summary"]
+    at_most = sa["j_per_output_token"] <= sb["j_per_output_token"] and sa["itl_p99_ms"] <= sb["itl_p99_ms"]
+    return at_most and (sa["j_per_output_token"], sa["itl_p99_ms"]) != (sb["j_per_output_token"], sb["itl_p99_ms"])
+
+
+# Small integer coordinates, so that ties and duplicates are common.
+POINTS = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12), st.booleans()), max_size=25)
+
+
+@given(POINTS)
+def test_pareto_frontier_of_the_passing_points(coordinates: list[tuple[int, int, bool]]) -> None:
+    points = [point(f"p{i}", j / 10, 100.0, 100.0, float(tbt), met) for i, (j, tbt, met) in enumerate(coordinates)]
+    rec = recommend({"device": "nvml", "points": points})
+    passing = [p for p in points if p["verdicts"]["slo_met"]]
+    frontier_ids = [p["id"] for p in rec.frontier]
+    assert len(set(frontier_ids)) == len(frontier_ids)
+    assert {p["id"] for p in rec.passing} == {p["id"] for p in passing}
+    assert set(frontier_ids) <= {p["id"] for p in passing}
+    for f in rec.frontier:
+        assert not any(dominates(p, f) for p in passing)
+    for p in passing:
+        if p["id"] not in frontier_ids:
+            assert any(dominates(f, p) or f["summary"] == p["summary"] for f in rec.frontier)
+    tbts = [f["summary"]["itl_p99_ms"] for f in rec.frontier]
+    assert tbts == sorted(tbts)
+    assert bool(rec.frontier) == bool(passing)

@@ -1,0 +1,308 @@
+"""The JSON report and the journal: schema round-trip, load errors, atomic writes, torn
+journals, fingerprints and the per-point summary."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_greenllm.knobs import KnobPoint
+from pytest_greenllm.metrics import RunMetrics, Stat, SteadyState
+from pytest_greenllm.report import (
+    ENERGY_FIELDS, Journal, ReportError, fingerprint_differences, load_report, new_report,
+    point_record, summarise, write_atomic,
+)
+from pytest_greenllm.runner import EnergyFigures, PointResult, RepeatResult
+from pytest_greenllm.verdicts import Violation
+from pytest_greenllm.workloads import Workload
+
+DATA = Path(__file__).parent / "data" / "report-v1.json"
+NAN = float("nan")
+FINGERPRINT: dict[str, Any] = {
+    "device": "fake", "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
+    "gpu_uuids": ["GPU-0"], "power_limit_w": 700.0, "driver": "580.95.05", "vllm": "0.32.0",
+    "torch": "2.13.0", "model": "tiny", "meter_method": "counter",
+}
+
+
+def run(itl_p99: float, requests: int = 3) -> RunMetrics:
+    # Every output is one token long, so TPOT is undefined: its Stat is all NaN and each
+    # request's TPOT is None, as run_metrics makes them.
+    return RunMetrics(
+        requests=requests, prompt_tokens=32 * requests, output_tokens=requests, duration_s=0.5,
+        ttft_ms=Stat(100.0, 90.0, 140.0, 150.0), tpot_ms=Stat(NAN, NAN, NAN, NAN),
+        itl_ms=Stat(itl_p99 / 2, itl_p99 / 2, itl_p99 / 1.5, itl_p99),
+        e2el_ms=Stat(200.0, 190.0, 240.0, 250.0), output_throughput=6.0,
+        total_throughput=198.0, request_throughput=6.0, steady=SteadyState(0.1, 0.4, 2),
+        request_ttft_ms=tuple(100.0 + i for i in range(requests)),
+        request_tpot_ms=(None,) * requests,
+        request_e2el_ms=tuple(200.0 + i for i in range(requests)),
+    )
+
+
+def energy(j_per_token: float, watts: float) -> EnergyFigures:
+    return EnergyFigures(
+        method="counter", energy_j=3 * j_per_token, j_per_output_token=j_per_token,
+        j_per_request=j_per_token, avg_power_w=watts, peak_power_w=None,
+        steady_j_per_token=None, energy_above_idle_j=None, per_device_j=(("gpu0", 3 * j_per_token),),
+        imbalance=None, sm_clock_mhz=(("gpu0", 1410.0),), clock_strayed=False, short_window=False,
+        warnings=(),
+    )
+
+
+def result(*repeats: RepeatResult, batch: int = 4) -> PointResult:
+    point = KnobPoint("tiny", 1, batch, Workload("32x8", 32, 8), 1410)
+    return PointResult(point, 1410, repeats)
+
+
+def report(points: list[dict[str, Any]]) -> dict[str, Any]:
+    machine = {"gpus": [], "driver": "580.95.05", "cpu": "x86_64"}
+    return new_report("fake", machine, None, FINGERPRINT, {"seed": 0, "repeats": 2}, points)
+
+
+def test_report_round_trips_through_write_atomic_and_load_report(tmp_path: Path) -> None:
+    point = result(RepeatResult(run(20.0), energy(0.5, 100.0)), RepeatResult(run(40.0), None))
+    violation = Violation("tbt_p99", 40.0, 30.0, "ms")
+    record = point_record(point, {"slo_met": False, "slo_violations": [violation]})
+    original = report([record])
+    path = tmp_path / "sub" / "report.json"
+    write_atomic(path, original)
+    assert load_report(path) == original
+    assert record["id"] == "32x8-tp1-b4-1410MHz"
+    assert record["config"]["workload"] == {"name": "32x8", "input_tokens": 32, "output_tokens": 8, "replay": False}
+    assert record["verdicts"]["slo_violations"] == [{"metric": "tbt_p99", "measured": 40.0, "limit": 30.0, "unit": "ms"}]
+    # JSON has no NaN: an undefined statistic must be written as null, not as NaN.
+    stored = json.loads(path.read_text())["points"][0]
+    assert stored["repeats"][0]["metrics"]["tpot_ms"] == dict.fromkeys(("mean", "p50", "p90", "p99"))
+    assert stored["repeats"][1]["energy"] is None
+    assert stored["summary"]["tpot_p99_ms"] is None
+
+
+def test_write_atomic_refuses_nan_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    write_atomic(path, report([]))
+    write_atomic(path, report([]))
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    with pytest.raises(ValueError):
+        write_atomic(path, {"bad": NAN})
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    assert load_report(path)["points"] == []
+
+
+def _write(path: Path, data: Any) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+FULL_POINT: dict[str, Any] = {"id": "a", "config": {}, "repeats": [], "summary": {}, "verdicts": {}}
+
+
+def _without(key: str) -> dict[str, Any]:
+    data = report([])
+    del data[key]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read (No such file or directory)"),
+        ('{"schema": ', "not JSON"),
+        ("[1, 2]", "not a pytest-greenllm report"),
+        ({"schema": "something else", "schema_version": 1}, "not a pytest-greenllm report"),
+        ({**report([]), "schema_version": 2}, "schema_version 2, this pytest-greenllm reads 1"),
+        (_without("fingerprint"), "the report has no 'fingerprint'"),
+        (_without("points"), "the report has no 'points'"),
+        (_without("device"), "the report has no 'device'"),
+        (report([FULL_POINT, FULL_POINT]), "two points have the same id"),
+        (report([FULL_POINT, {**FULL_POINT, "id": None}]), "point 1 lacks id"),
+        (report([{**FULL_POINT, "summary": None}]), "point 0 lacks summary"),
+    ],
+    ids=["missing", "not-json", "a-list", "other-schema", "version-2", "no-fingerprint",
+         "no-points", "no-device", "duplicate-id", "no-id", "no-summary"],
+)
+def test_load_report_errors_name_the_file(tmp_path: Path, content: Any, message: str) -> None:
+    path = tmp_path / "report.json"
+    if content is not None:
+        _write(path, content)
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_load_report_refuses_points_that_are_not_a_list(tmp_path: Path) -> None:
+    path = _write(tmp_path / "report.json", {**report([]), "points": 3})
+    with pytest.raises(ReportError, match="points"):
+        load_report(path)
+
+
+def test_checked_in_example_of_schema_1_loads() -> None:
+    data = load_report(DATA)
+    assert data["schema_version"] == 1 and data["device"] == "fake"
+    assert [p["id"] for p in data["points"]] == ["32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"]
+    # The plugin wrote each summary with summarise: a changed summarise would be caught here.
+    for point in data["points"]:
+        assert summarise(point["repeats"]) == point["summary"]
+
+
+def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    repeats = tuple(RepeatResult(run(float(i), requests=300), energy(0.5, 100.0)) for i in range(1, 4))
+    big = report([{**point_record(result(*repeats, batch=b), {}), "id": f"p{b}"} for b in range(10)])
+    small = report([])
+    write_atomic(path, small)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for n in range(4):
+                write_atomic(path, big if n % 2 == 0 else small)
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    while not done.is_set() or reads == 0:
+        assert len(load_report(path)["points"]) in (0, 10)
+        reads += 1
+    thread.join()
+    assert not failures
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def _journal(path: Path, fingerprint: dict[str, Any] | None = None) -> Journal:
+    return Journal(path, FINGERPRINT if fingerprint is None else fingerprint)
+
+
+def test_journal_appends_and_reads_back_with_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "j" / "report.json.journal.jsonl"
+    journal = _journal(path)
+    assert journal.read() == {}
+    journal.append({"id": "a", "x": 1})
+    journal.append({"id": "b", "x": 2})
+    journal.append({"id": "a", "x": 3})  # a re-measured point: the later one wins
+    header = json.loads(path.read_text().splitlines()[0])
+    assert header == {"schema": "pytest-greenllm journal", "schema_version": 1, "fingerprint": FINGERPRINT}
+    assert _journal(path).read() == {"a": {"id": "a", "x": 3}, "b": {"id": "b", "x": 2}}
+
+
+@pytest.mark.parametrize("cut", [1, 9, -1])
+def test_torn_last_line_is_dropped_and_the_file_repaired(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _journal(path)
+    journal.append({"id": "a"})
+    whole = json.dumps({"id": "b", "summary": {"j": 0.5}})
+    with path.open("a") as handle:  # killed after writing part of the line
+        handle.write(whole[:cut])
+    assert _journal(path).read() == {"a": {"id": "a"}}
+    assert path.read_text().endswith('{"id": "a"}\n')
+    journal.append({"id": "c"})
+    assert _journal(path).read() == {"a": {"id": "a"}, "c": {"id": "c"}}
+
+
+def test_record_killed_before_its_newline_does_not_swallow_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _journal(path)
+    journal.append({"id": "a"})
+    with path.open("a") as handle:
+        handle.write(json.dumps({"id": "b"}))
+    journal.read()  # the resumed session reads, then appends
+    journal.append({"id": "c"})
+    assert "c" in _journal(path).read()
+
+
+def test_torn_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _journal(path)
+    journal.append({"id": "a"})
+    with path.open("a") as handle:
+        handle.write('{"id": "b", "su\n')
+    journal.append({"id": "c"})
+    with pytest.raises(ReportError) as info:
+        journal.read()
+    assert str(info.value) == f"{path}:3: not JSON"
+
+
+@pytest.mark.parametrize("field", ENERGY_FIELDS)
+def test_journal_of_another_setup_is_refused(tmp_path: Path, field: str) -> None:
+    path = tmp_path / "journal.jsonl"
+    _journal(path).append({"id": "a"})
+    other = {**FINGERPRINT, field: "changed"}
+    with pytest.raises(ReportError, match=f"another setup \\({field}: "):
+        _journal(path, other).read()
+    # Fields that do not change energy do not block a resume.
+    assert _journal(path, {**FINGERPRINT, "driver": "999", "meter_method": None}).read() == {"a": {"id": "a"}}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"id": "a"}\n',
+        "not json\n",
+        '{"schema": "pytest-greenllm journal", "schema_version": 2}\n{"id": "a"}\n',
+        json.dumps(report([]), indent=1),  # the report beside it, passed by mistake
+    ],
+    ids=["no-header", "text", "version-2", "report"],
+)
+def test_non_journal_file_is_refused(tmp_path: Path, content: str) -> None:
+    path = _write(tmp_path / "journal.jsonl", content)
+    with pytest.raises(ReportError) as info:
+        _journal(path).read()
+    assert str(info.value) == f"{path}: not a pytest-greenllm journal of schema 1"
+
+
+def test_journal_whose_header_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "journal.jsonl", '123\n{"id": "a"}\n')
+    with pytest.raises(ReportError):
+        _journal(path).read()
+
+
+def test_empty_journal_resumes_as_empty(tmp_path: Path) -> None:
+    path = _write(tmp_path / "journal.jsonl", "")
+    assert _journal(path).read() == {}
+
+
+def test_fingerprint_differences_split_energy_fields_from_others() -> None:
+    head = {
+        **FINGERPRINT, "device": "nvml", "gpu_model": "NVIDIA A100", "gpu_count": 2,
+        "power_limit_w": 400.0, "model": "big", "driver": "999", "gpu_uuids": ["GPU-1"],
+    }
+    del head["meter_method"]
+    energy, other = fingerprint_differences(FINGERPRINT, head)
+    assert energy == [
+        "device: 'fake' -> 'nvml'", "gpu_count: 1 -> 2", "gpu_model: 'NVIDIA H100 80GB HBM3' -> "
+        "'NVIDIA A100'", "model: 'tiny' -> 'big'", "power_limit_w: 700.0 -> 400.0",
+    ]
+    assert other == [
+        "driver: '580.95.05' -> '999'", "gpu_uuids: ['GPU-0'] -> ['GPU-1']",
+        "meter_method: 'counter' -> None",
+    ]
+    assert fingerprint_differences(FINGERPRINT, dict(FINGERPRINT)) == ([], [])
+    # 700 W read as an int on one machine and a float on another is the same limit.
+    assert fingerprint_differences(FINGERPRINT, {**FINGERPRINT, "power_limit_w": 700}) == ([], [])
+
+
+def test_summarise_means_over_repeats_and_keeps_the_repeat_lists() -> None:
+    # The third repeat was not metered: energy means are over the first two only.
+    repeats = (RepeatResult(run(20.0), energy(0.5, 100.0)), RepeatResult(run(40.0), energy(0.7, 140.0)))
+    record = point_record(result(*repeats, RepeatResult(run(60.0), None)), {})
+    summary = summarise(record["repeats"])
+    assert summary == record["summary"]
+    assert summary["itl_p99_ms"] == pytest.approx(40.0)
+    assert summary["ttft_p99_ms"] == 150.0 and summary["output_throughput"] == 6.0
+    assert (summary["j_per_output_token"], summary["avg_power_w"]) == pytest.approx((0.6, 120.0))
+    assert summary["j_per_output_token_repeats"] == [0.5, 0.7]
+    assert summary["avg_power_w_repeats"] == [100.0, 140.0]
+    assert summary["tpot_p99_ms"] is None
+    unmetered = point_record(result(RepeatResult(run(20.0), None)), {})["summary"]
+    assert unmetered["j_per_output_token"] is None is unmetered["avg_power_w"]
+    assert unmetered["j_per_output_token_repeats"] == [] == unmetered["avg_power_w_repeats"]
