@@ -14,7 +14,12 @@ from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import POINT_FIXTURE
 from pytest_greenllm.runner import PointResult, measure_point, result_properties
-from pytest_greenllm.session import SKIP_REASON, GreenLLMSession, session_key
+from pytest_greenllm.session import (
+    SKIP_REASON,
+    GreenLLMSession,
+    session_key,
+    verdict_failures_key,
+)
 
 
 @pytest.fixture
@@ -93,7 +98,8 @@ def greenllm_result(
     The result goes to the journal at once and to the report at the end, its key figures
     into the test's ``user_properties`` (and so into ``--junitxml``) and, when the test
     uses pytest-benchmark's ``benchmark`` fixture, into ``benchmark.extra_info``. A missed
-    SLO or an energy regression fails the test with one line per finding. An engine failure
+    SLO or an energy regression fails the test (after its body ran) with one line per
+    finding. An engine failure
     fails this point with vLLM's message; the next point gets a fresh engine.
     """
     __tracebackhide__ = True
@@ -115,7 +121,6 @@ def greenllm_result(
     request.node.user_properties.extend(properties)
     if "benchmark" in request.fixturenames:
         request.getfixturevalue("benchmark").extra_info.update(dict(properties))
-    failures = verdict.failures(greenllm_point.id)
-    if failures:
-        pytest.fail("\n".join(failures), pytrace=False)
+    # Judged when the test body has run, so that a verdict fails the test, not its setup.
+    request.node.stash[verdict_failures_key] = verdict.failures(greenllm_point.id)
     return result

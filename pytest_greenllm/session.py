@@ -246,6 +246,14 @@ class GreenLLMSession:
         if self.results.journal.path.exists():
             terminalreporter.write_line(f"greenllm: journal: {self.results.journal.path}")
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        __tracebackhide__ = True
+        yield
+        failures = item.stash.get(verdict_failures_key, [])
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if POINT_FIXTURE not in metafunc.fixturenames or self.matrix is None:
             return
@@ -311,3 +319,5 @@ def summary_table(points: list[dict[str, Any]]) -> str:
 
 
 session_key = pytest.StashKey[GreenLLMSession]()
+# A point's SLO and regression findings, failed after the test body in pytest_runtest_call.
+verdict_failures_key = pytest.StashKey[list[str]]()
