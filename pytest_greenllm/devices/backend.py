@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ FAKE_GPUS_ENV = "GREENLLM_FAKE_GPUS"
 FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"  # a file that keeps locked clocks across processes
 FAKE_POWER_SCALE_ENV = "GREENLLM_FAKE_POWER_SCALE"  # 1.1 injects a 10% power regression
 FAKE_FAIL_ENV = "GREENLLM_FAKE_FAIL"  # e.g. nvmlDeviceSetGpuLockedClocks=4 (NoPermission)
+FAKE_LOAD_ENV = "GREENLLM_FAKE_LOAD"  # a constant load 0..1 instead of this machine's CPU use
 NO_METER = (
     "no energy meter here (device=none): install the NVIDIA driver and nvidia-ml-py for "
     "GPUs, or make RAPL readable (/sys/class/powercap/intel-rapl:*/energy_uj, root) for "
@@ -101,10 +103,17 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float
 def fake_nvml_from_env() -> FakeNvml:
     """The fake NVML of ``--greenllm-device=fake``; its load follows this machine's CPU use."""
     state = os.environ.get(FAKE_STATE_ENV)
-    busy = cpu_busy_fraction()
+    if os.environ.get(FAKE_LOAD_ENV):
+        constant = _env_number(FAKE_LOAD_ENV, "1", float)
+        if constant > 1:
+            raise DeviceUnavailable(f"${FAKE_LOAD_ENV}={constant:g} must be at most 1")
+        load: Callable[[int], float] = lambda index: constant  # noqa: E731
+    else:
+        busy = cpu_busy_fraction()
+        load = lambda index: busy()  # noqa: E731
     fake = FakeNvml(
         gpus=int(_env_number(FAKE_GPUS_ENV, "8", int)),
-        load=lambda index: busy(),
+        load=load,
         power_scale=_env_number(FAKE_POWER_SCALE_ENV, "1", float),
         state_path=Path(state) if state else None,
     )
