@@ -1,0 +1,133 @@
+"""A stand-in for ``vllm.LLM`` for plugin-level tests: a real engine takes ~45 s to build.
+
+It speaks the part of vLLM's engine API that ``pytest_greenllm.engine.run_requests`` drives
+(``llm_engine.add_request``, ``step``, ``has_unfinished_requests``, DELTA outputs) and the
+part ``shutdown_llm`` calls (``llm_engine.engine_core.shutdown``). Every running request
+gets one new token per step; at most ``max_num_seqs`` run at once, the rest wait in order.
+
+Runs of pytest made by the tests load it through :func:`conftest_source`, which puts this
+directory on ``sys.path`` (it works for in-process and subprocess runs alike) and swaps the
+session's engine build for this fake. The step time comes from the environment so that a
+test can slow one run down without rewriting the conftest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Seconds per engine step: timings must be non-zero, and a sweep must be slow enough to kill.
+STEP_ENV = "GREENLLM_TEST_FAKE_STEP_S"
+DEFAULT_STEP_S = 0.003
+
+
+@dataclass(frozen=True)
+class CompletionOutput:
+    token_ids: list[int]  # new tokens of this step only (RequestOutputKind.DELTA)
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    request_id: str
+    outputs: list[CompletionOutput]
+    finished: bool
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_len: int
+    max_tokens: int
+    generated: int = 0
+
+
+@dataclass
+class FakeEngineCore:
+    shutdowns: int = 0
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@dataclass
+class FakeEngine:
+    """The ``llm_engine`` of :class:`FakeLLM`."""
+
+    max_num_seqs: int
+    step_s: float = DEFAULT_STEP_S
+    engine_core: FakeEngineCore = field(default_factory=FakeEngineCore)
+    steps: int = 0
+    _waiting: deque[_Request] = field(default_factory=deque)
+    _running: list[_Request] = field(default_factory=list)
+
+    def add_request(self, request_id: str, prompt: Any, params: Any) -> None:
+        ids = list(prompt["prompt_token_ids"])
+        if not ids or params.max_tokens < 1:
+            raise ValueError(f"{request_id}: empty prompt or max_tokens < 1")
+        self._waiting.append(_Request(request_id, len(ids), params.max_tokens))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def step(self) -> list[RequestOutput]:
+        while self._waiting and len(self._running) < self.max_num_seqs:
+            self._running.append(self._waiting.popleft())
+        time.sleep(self.step_s)
+        self.steps += 1
+        outputs = []
+        for request in self._running:
+            # Token ids only need to be countable; make them distinct per position anyway.
+            token = request.prompt_len + request.generated
+            request.generated += 1
+            finished = request.generated >= request.max_tokens
+            outputs.append(RequestOutput(request.request_id, [CompletionOutput([token])], finished))
+        self._running = [r for r in self._running if r.generated < r.max_tokens]
+        return outputs
+
+
+@dataclass
+class FakeLLM:
+    """What ``vllm.LLM(...)`` returns, as far as the plugin uses it."""
+
+    llm_engine: FakeEngine
+
+
+def build_fake(spec: Any) -> FakeLLM:
+    """The engine cache's ``build``: a fake sized like the spec's engine configuration."""
+    step_s = float(os.environ.get(STEP_ENV, DEFAULT_STEP_S))
+    return FakeLLM(FakeEngine(spec.config.max_num_seqs, step_s))
+
+
+def shutdown_fake(llm: Any) -> None:
+    llm.llm_engine.engine_core.shutdown()
+
+
+def install(config: pytest.Config) -> None:
+    """Make the session of ``config`` build fakes instead of vLLM engines."""
+    from pytest_greenllm.session import session_key
+
+    session = config.stash.get(session_key, None)
+    if session is not None:
+        session.engines.build = build_fake
+        session.engines.shutdown = shutdown_fake
+
+
+def conftest_source() -> str:
+    """A conftest for a pytester directory that installs the fake after the plugin's own
+    ``pytest_configure`` has stashed the session (hence trylast)."""
+    return (
+        "import sys\n"
+        "import pytest\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import fake_engine\n"
+        "\n"
+        "@pytest.hookimpl(trylast=True)\n"
+        "def pytest_configure(config):\n"
+        "    fake_engine.install(config)\n"
+    )
