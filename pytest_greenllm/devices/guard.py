@@ -14,7 +14,8 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -138,18 +139,24 @@ class ClockGuard:
                 snapped = nearest_clock(supported, mhz)
                 if snapped != mhz:
                     notes.append(f"gpu{gpu.index}: {mhz} MHz snapped to {snapped} MHz")
-                change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
-                previous = change.clock_mhz
-                # Written before the lock: a kill between the two must leave a record.
-                change.clock_mhz = snapped
-                self._write_state()
-                try:
+                with self._recorded(gpu, "clock_mhz", snapped):
                     gpu.lock_clocks(snapped)
-                except DeviceError:
-                    change.clock_mhz = previous
-                    self._forget_unchanged(gpu.info.uuid)
-                    raise
         return snapped, notes
+
+    @contextmanager
+    def _recorded(self, gpu: NvmlGpu, field: str, value: int) -> Iterator[None]:
+        """Record a change in the state file before making it: a kill between the two must
+        leave a record. A change that fails is taken back out; an earlier one stays."""
+        change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
+        previous = getattr(change, field)
+        setattr(change, field, value)
+        self._write_state()
+        try:
+            yield
+        except DeviceError:
+            setattr(change, field, previous)
+            self._forget_unchanged(gpu.info.uuid)
+            raise
 
     def set_power_limit(self, gpus: list[NvmlGpu], limit_mw: int) -> None:
         """Set the power limit of every GPU, within each one's allowed range. Units: mW."""
@@ -161,18 +168,13 @@ class ClockGuard:
                         f"GPU {gpu.index}: a power limit of {limit_mw / 1000:g} W is outside "
                         f"its {low / 1000:g}-{high / 1000:g} W range"
                     )
-                change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
-                previous = change.original_power_limit_mw
-                if previous is None:
-                    change.original_power_limit_mw = gpu.power_limit_mw()
-                self._write_state()
-                try:
+                change = self._changes.get(gpu.info.uuid)
+                original = change.original_power_limit_mw if change is not None else None
+                # The first change's original is the one to put back, however many follow.
+                if original is None:
+                    original = gpu.power_limit_mw()
+                with self._recorded(gpu, "original_power_limit_mw", original):
                     gpu.set_power_limit_mw(limit_mw)
-                except DeviceError:
-                    # An earlier call's change still stands, and its original with it.
-                    change.original_power_limit_mw = previous
-                    self._forget_unchanged(gpu.info.uuid)
-                    raise
 
     def _forget_unchanged(self, uuid: str) -> None:
         change = self._changes[uuid]
