@@ -280,6 +280,7 @@ class Settings:
     power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
     rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
     slos: tuple[tuple[str, Slo], ...]  # per workload name
+    slos_given: bool  # set by the user, not only the defaults
     baseline_path: Path | None
     energy_tolerance: float  # relative: 0.05 is 5%
     resume_path: Path | None
@@ -332,6 +333,7 @@ class Settings:
             power_limit_mw=parse_power_limit(raw["power-limit"]),
             rate=parse_rate(raw["rate"]),
             slos=parse_slos(raw["slo"], workloads),
+            slos_given=bool(raw["slo"].text.strip()),
             baseline_path=parse_existing_path(raw["baseline"]),
             energy_tolerance=parse_tolerance(raw["energy-tolerance"]),
             resume_path=parse_existing_path(raw["resume"]),

@@ -10,7 +10,9 @@ import gc
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,18 @@ WARMUP_OUTPUT_TOKENS = 4
 
 class EngineFailed(Exception):
     """The engine could not be built or failed during a run; the message is vLLM's."""
+
+
+@contextmanager
+def library_warnings() -> Iterator[None]:
+    """Show vLLM's and torch's warnings instead of raising them.
+
+    They warn about their own deprecations; a project's ``-W error`` (or
+    ``filterwarnings = error``) is about its own code and must not fail the engine.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        yield
 
 
 @dataclass(frozen=True)
@@ -92,12 +106,13 @@ def cpu_environment(tp: int) -> dict[str, str]:
 def build_llm(spec: EngineSpec) -> Any:
     """Build a ``vllm.LLM``; any failure becomes EngineFailed with vLLM's message."""
     try:
-        from vllm import LLM
+        with library_warnings():
+            from vllm import LLM
 
-        cpu = on_cpu()
-        if cpu:
-            os.environ.update(cpu_environment(spec.config.tp))
-        return LLM(**engine_kwargs(spec, cpu))
+            cpu = on_cpu()
+            if cpu:
+                os.environ.update(cpu_environment(spec.config.tp))
+            return LLM(**engine_kwargs(spec, cpu))
     except Exception as e:  # vLLM raises many kinds; the test must get its message
         raise EngineFailed(f"building the engine for {spec.config} failed: {e}") from e
 
@@ -156,7 +171,8 @@ class EngineCache:
         if self._llm is not None and spec == self._spec:
             return self._llm
         self.close()
-        import vllm  # noqa: F401  (its import costs memory that no engine frees)
+        with library_warnings():
+            import vllm  # noqa: F401  (its import costs memory that no engine frees)
 
         gc.collect()
         self._before_bytes = process_tree_rss_bytes()
@@ -210,6 +226,18 @@ def run_requests(
     """Submit ``requests`` at their arrival offsets and step the engine until all finish,
     stamping every output token as it arrives. Outputs are exactly ``output_tokens`` long.
     """
+    with library_warnings():
+        return _run(llm, requests, arrivals_s, tag, clock, sleep)
+
+
+def _run(
+    llm: Any,
+    requests: Sequence[RequestSpec],
+    arrivals_s: Sequence[float],
+    tag: str,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> list[RequestRecord]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind

@@ -82,8 +82,9 @@ def greenllm_engine(greenllm_point: KnobPoint, greenllm_session: GreenLLMSession
     try:
         return greenllm_session.engines.get(greenllm_session.engine_spec(greenllm_point))
     except EngineFailed as e:
-        greenllm_session.engines.close()
-        pytest.fail(str(e), pytrace=False)
+        failure = str(e)
+    greenllm_session.engines.close()
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture
@@ -107,15 +108,18 @@ def greenllm_result(
     results = session.results
     if results is None:
         pytest.skip(SKIP_REASON)
+    failure: str | None = None
     try:
         result = measure_point(
             session, session.engines, session.engine_spec(greenllm_point), greenllm_point, locked_clocks
         )
     except EngineFailed as e:
-        try:
-            session.engines.close()
-        finally:
-            pytest.fail(f"{greenllm_point.id}: {e}", pytrace=False)
+        failure = f"{greenllm_point.id}: {e}"
+    if failure is not None:
+        # A fresh engine for the next point; the failure is reported outside the except
+        # block so that it reads as vLLM's message, not as a chain of three.
+        session.engines.close()
+        pytest.fail(failure, pytrace=False)
     record, verdict = results.record(result)
     properties = result_properties(result, record)
     request.node.user_properties.extend(properties)

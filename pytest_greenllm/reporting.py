@@ -78,7 +78,12 @@ def prepare_reports(
     print_ = fingerprint(backend, machine, settings.model.name, None)
     journal = Journal(journal_path(settings, root), print_)
     notes: list[str] = []
-    results = Results(settings, journal)
+    results = Results(settings, journal, default_slos_apply=bool(backend.gpus))
+    if not backend.gpus and not settings.slos_given:
+        notes.append(
+            "the default SLOs describe GPU serving and are not checked on the CPU; set "
+            "--greenllm-slo to check yours"
+        )
     try:
         if settings.resume_path is not None:
             results.resumed = journal.read()

@@ -18,6 +18,7 @@ from pytest_greenllm.report import (
 from pytest_greenllm.runner import PointResult
 from pytest_greenllm.verdicts import (
     Regression,
+    Slo,
     Violation,
     energy_regressions,
     goodput,
@@ -59,12 +60,16 @@ class Results:
     journal: Journal
     baseline: dict[str, Any] | None = None
     resumed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The default SLOs describe GPU serving; on the CPU backend only the user's apply.
+    default_slos_apply: bool = True
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def judge(self, result: PointResult, summary: dict[str, Any]) -> Verdict:
         """SLO, goodput and, with a baseline, the regression test of one point."""
         point = result.point
         slo = slo_for(self.settings, point.workload.name)
+        if not self.settings.slos_given and not self.default_slos_apply:
+            slo = Slo()
         ttft: list[float] = []
         tpot: list[float | None] = []
         e2el: list[float] = []
