@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
+    except BrokenPipeError:
+        # `greenllm knobs | head`: the reader left; say nothing more, to nobody.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except pytest.UsageError as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE

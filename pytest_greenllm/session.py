@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from pytest_greenllm.devices.backend import NO_METER, Backend, open_backend
 from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.knobs import KnobPoint, Matrix, count_of, expand, group_by_engine
-from pytest_greenllm.engine import EngineCache, EngineSpec
+from pytest_greenllm.engine import EngineCache, EngineSpec, cpu_build_installed
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.reporting import ReportContext
 from pytest_greenllm.results import Results
@@ -52,7 +54,15 @@ def build_matrix(
     caps: Capabilities,
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
-    """Expand the settings against the device's capabilities."""
+    """Expand the settings against the device's capabilities, and against the CPU cores
+    where vLLM's CPU build runs the engine (whatever device measures)."""
+    if cpu_build_installed() and caps.unit_name != "CPU cores":
+        cores = len(os.sched_getaffinity(0))
+        caps = replace(
+            caps,
+            parallel_units=min(caps.parallel_units, cores),
+            unit_name="CPU cores (vLLM's CPU build runs the engine)" if cores < caps.parallel_units else caps.unit_name,
+        )
     return expand(
         model=settings.model,
         tps=settings.tps,
