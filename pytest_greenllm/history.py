@@ -68,6 +68,7 @@ def load_history(
     head_fingerprint: dict[str, Any],
     allow_mismatch: bool = False,
     limit: int = DEFAULT_HISTORY,
+    mismatch_flag: str = "--allow-mismatch",
 ) -> History:
     """The baseline at ``path``: one report, or the ``limit`` most recent matching reports of
     a folder (searched recursively, journals ignored)."""
@@ -77,7 +78,7 @@ def load_history(
         if energy and not allow_mismatch:
             raise HistoryError(
                 f"{path} was measured on another setup ({'; '.join(energy)}); comparing energy "
-                "across it means nothing (allow the mismatch to compare anyway)"
+                f"across it means nothing ({mismatch_flag} to compare anyway)"
             )
         return History(report, [path])
     if not path.is_dir():

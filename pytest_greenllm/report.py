@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,14 +42,14 @@ class ReportError(ValueError):
 
 
 def _plain(value: Any) -> Any:
-    """Dataclasses, tuples and NaN into what JSON holds (NaN becomes null)."""
+    """Dataclasses, tuples, NaN and infinities into what JSON holds (those become null)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 

@@ -128,7 +128,9 @@ class Results:
 def load_baseline(path: Path, fingerprint: dict[str, Any], allow_mismatch: bool) -> tuple[dict[str, Any], list[str]]:
     """The baseline: one report, or a folder's recent matching reports pooled; the baseline
     of another setup is refused (ValueError). Returns it and notes to print."""
-    history = load_history(path, fingerprint, allow_mismatch)
+    history = load_history(
+        path, fingerprint, allow_mismatch, mismatch_flag="--greenllm-allow-mismatch"
+    )
     energy, other = fingerprint_differences(history.report["fingerprint"], fingerprint)
     notes = history.lines() + [f"baseline differs: {line}" for line in energy + other]
     return history.report, notes

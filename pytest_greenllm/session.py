@@ -258,7 +258,6 @@ class GreenLLMSession:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
-        __tracebackhide__ = True
         yield
         failures = item.stash.get(verdict_failures_key, [])
         if failures:

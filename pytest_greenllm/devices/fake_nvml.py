@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -98,6 +99,7 @@ def cpu_busy_fraction() -> Callable[[], float]:
     honest stand-in for GPU load that this machine has.
     """
     previous: list[int] = []
+    last = [0.0]
 
     def read() -> float:
         try:
@@ -110,8 +112,12 @@ def cpu_busy_fraction() -> Callable[[], float]:
             previous[:] = [idle, total]
             return 0.0
         d_idle, d_total = idle - previous[0], total - previous[1]
+        if d_total <= 0:
+            # Called again within one kernel tick: nothing new to measure, keep the load.
+            return last[0]
         previous[:] = [idle, total]
-        return 0.0 if d_total <= 0 else max(0.0, min(1.0, 1.0 - d_idle / d_total))
+        last[0] = max(0.0, min(1.0, 1.0 - d_idle / d_total))
+        return last[0]
 
     return read
 
@@ -237,7 +243,10 @@ class FakeNvml:
             g.uuid: {"locked_mhz": g.locked_mhz, "power_limit_mw": g.power_limit_mw}
             for g in self._devices
         }
-        self.state_path.write_text(json.dumps(state))
+        # Through a rename, like a driver's own state: a kill mid-write must not tear it.
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)
 
     def _check(self, function: str) -> None:
         code = self._failures.get(function)
