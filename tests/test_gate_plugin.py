@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fake_engine import STEP_ENV, conftest_source
+from fake_engine import STEP_ENV
 from pytest_greenllm.devices import fake_nvml
 from pytest_greenllm.devices.fake_nvml import cpu_busy_fraction
 
@@ -21,34 +21,8 @@ KNOBS = (
     "--greenllm-tp=1", "--greenllm-batch=2", "--greenllm-workloads=8:4,16:4", "--greenllm-freqs=1410",
 )
 POINTS = ("8x4-tp1-b2-1410MHz", "16x4-tp1-b2-1410MHz")
-POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 REPORT_HEAD = {"schema": "pytest-greenllm report", "schema_version": 1, "device": "fake"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vllm_imported() -> None:
-    """pytester drops the modules an in-process run imported when it ends: without this,
-    every run would import vLLM (seconds) afresh."""
-    import vllm  # noqa: F401
-    import vllm.inputs  # noqa: F401
-    import vllm.sampling_params  # noqa: F401
-
-
-@pytest.fixture
-def sweep(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    # The guard's and the fake driver's state files default to machine-wide places.
-    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
-    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
-    for name in ("GREENLLM_FAKE_POWER_SCALE", "GREENLLM_FAKE_FAIL", "GREENLLM_FAKE_GPUS",
-                 "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(name, raising=False)
-    # 16 steps of 10 ms: a window longer than the fake counter's 100 ms update, so that no
-    # point reads 0 J (see test_baseline_of_zero_energy_does_not_crash_the_run).
-    monkeypatch.setenv(STEP_ENV, "0.01")
-    pytester.makeconftest(conftest_source())
-    pytester.makepyfile(test_sweep=POINT_TEST)
-    return pytester
 
 
 @pytest.fixture

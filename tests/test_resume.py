@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fake_engine import STEP_ENV, conftest_source
+from fake_engine import STEP_ENV
 from pytest_greenllm.devices.fake_nvml import FakeNvml
 
 KNOBS = (
@@ -26,30 +26,6 @@ KNOBS = (
 )
 POINTS = [f"{n}x4-tp1-b2-1410MHz" for n in (8, 16, 24, 32)]
 KEPT = "greenllm: measured before, kept from"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vllm_imported() -> None:
-    """pytester drops the modules an in-process run imported when it ends: without this,
-    every run would import vLLM (seconds) afresh."""
-    import vllm  # noqa: F401
-    import vllm.inputs  # noqa: F401
-    import vllm.sampling_params  # noqa: F401
-
-
-@pytest.fixture
-def sweep(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    # The guard's and the fake driver's state files default to machine-wide places.
-    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
-    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
-    for name in ("GREENLLM_FAKE_POWER_SCALE", "GREENLLM_FAKE_FAIL", "GREENLLM_FAKE_GPUS",
-                 "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(name, raising=False)
-    # 16 steps of 10 ms: windows past the fake energy counter's 100 ms update.
-    monkeypatch.setenv(STEP_ENV, "0.01")
-    pytester.makeconftest(conftest_source())
-    pytester.makepyfile(test_sweep="def test_point(greenllm_result):\n    pass\n")
-    return pytester
 
 
 def whole_records(journal: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,39 @@
+"""Fixtures shared by the plugin-level tests that run sweeps on the fake engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fake_engine import STEP_ENV, conftest_source
+
+POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
+
+
+@pytest.fixture(scope="session")
+def vllm_imported() -> None:
+    """pytester drops the modules an in-process run imported when it ends: without this,
+    every run would import vLLM (seconds) afresh."""
+    import vllm  # noqa: F401
+    import vllm.inputs  # noqa: F401
+    import vllm.sampling_params  # noqa: F401
+
+
+@pytest.fixture
+def sweep(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vllm_imported: None
+) -> pytest.Pytester:
+    """A pytester directory whose runs sweep on the fake engine and the fake device."""
+    # The guard's and the fake driver's state files default to machine-wide places.
+    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
+    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
+    for name in ("GREENLLM_FAKE_POWER_SCALE", "GREENLLM_FAKE_FAIL", "GREENLLM_FAKE_GPUS",
+                 "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    # 16 steps of 10 ms: a window longer than the fake counter's 100 ms update, so that no
+    # point reads 0 J.
+    monkeypatch.setenv(STEP_ENV, "0.01")
+    pytester.makeconftest(conftest_source())
+    pytester.makepyfile(test_sweep=POINT_TEST)
+    return pytester
