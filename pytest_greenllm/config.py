@@ -157,24 +157,26 @@ def parse_json_path(raw: Raw) -> Path | None:
     return path
 
 
+def _number(text: str) -> float:
+    """The number ``text`` holds, or NaN, which every range check below refuses."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def parse_positive_float(raw: Raw, what: str) -> float:
     """A number > 0."""
-    try:
-        value = float(raw.text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
+    value = _number(raw.text)
+    if not 0 < value < math.inf:
         raise raw.error(f"{what} must be a number > 0")
     return value
 
 
 def parse_seconds(raw: Raw, what: str) -> float:
     """A number of seconds >= 0."""
-    try:
-        value = float(raw.text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
+    value = _number(raw.text)
+    if not 0 <= value < math.inf:
         raise raw.error(f"{what} must be a number of seconds >= 0")
     return value
 
@@ -232,10 +234,7 @@ def parse_slos(raw: Raw, workloads: tuple[Workload, ...]) -> tuple[tuple[str, Sl
 def parse_tolerance(raw: Raw) -> float:
     """'5%' or 0.05: a relative increase >= 0."""
     text = raw.text.strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        value = -1.0
+    value = _number(text[:-1]) / 100 if text.endswith("%") else _number(text)
     if not 0 <= value < math.inf:
         raise raw.error("the tolerance must be a percentage such as 5% (or 0.05), >= 0")
     return value
