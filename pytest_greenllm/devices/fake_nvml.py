@@ -255,6 +255,11 @@ class FakeNvml:
         if function != "nvmlInit" and self._init_count == 0:
             raise NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
 
+    def _require_root(self) -> None:
+        # Setters need root or CAP_SYS_ADMIN, as in NVML.
+        if not self.root:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+
     def _gpu(self, function: str, handle: Any) -> _Gpu:
         self._check(function)
         if not isinstance(handle, _Handle) or not 0 <= handle.index < self.gpus:
@@ -354,8 +359,7 @@ class FakeNvml:
     @_serialised
     def nvmlDeviceSetPowerManagementLimit(self, handle: _Handle, limit: int) -> None:
         gpu = self._gpu("nvmlDeviceSetPowerManagementLimit", handle)
-        if not self.root:
-            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        self._require_root()
         if not POWER_LIMIT_RANGE_MW[0] <= limit <= POWER_LIMIT_RANGE_MW[1]:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         gpu.power_limit_mw = limit
@@ -385,8 +389,7 @@ class FakeNvml:
         self, handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int
     ) -> None:
         gpu = self._gpu("nvmlDeviceSetGpuLockedClocks", handle)
-        if not self.root:
-            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        self._require_root()
         lowest, highest = GRAPHICS_CLOCKS_MHZ[-1], GRAPHICS_CLOCKS_MHZ[0]
         if not lowest <= minGpuClockMHz <= maxGpuClockMHz <= highest:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -397,8 +400,7 @@ class FakeNvml:
     @_serialised
     def nvmlDeviceResetGpuLockedClocks(self, handle: _Handle) -> None:
         gpu = self._gpu("nvmlDeviceResetGpuLockedClocks", handle)
-        if not self.root:
-            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        self._require_root()
         gpu.locked_mhz = None
         self._settle(gpu)
         self._save_state()
