@@ -27,7 +27,8 @@ def main() -> int:
     from vllm.benchmarks.datasets import SampleRequest
     from vllm.benchmarks.throughput import _run_vllm_requests
 
-    from pytest_greenllm.engine import EngineCache, EngineSpec, run_requests, warm_up
+    from pytest_greenllm.driver import EngineSpec
+    from pytest_greenllm.engine import EngineCache, run_requests, warm_up
     from pytest_greenllm.knobs import EngineConfig
     from pytest_greenllm.metrics import run_metrics
     from pytest_greenllm.model_info import resolve_model

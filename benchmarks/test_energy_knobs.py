@@ -13,7 +13,7 @@ import math
 
 from pytest_greenllm.config import Settings
 from pytest_greenllm.knobs import KnobPoint
-from pytest_greenllm.runner import PointResult
+from pytest_greenllm.record import PointResult
 from pytest_greenllm.workloads import request_count
 
 

@@ -13,23 +13,24 @@ import pytest
 from tabulate import tabulate
 
 from pytest_greenllm import __version__
-from pytest_greenllm.compare import CompareError, compare_reports
+from pytest_greenllm.compare import compare_reports
 from pytest_greenllm.compare import render as render_comparison
 from pytest_greenllm.config import Raw, Settings, parse_tolerance
+from pytest_greenllm.hints import HintedError
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
-from pytest_greenllm.history import DEFAULT_HISTORY, HistoryError, load_history
+from pytest_greenllm.history import DEFAULT_HISTORY, load_history
 from pytest_greenllm.ini_files import find_ini
-from pytest_greenllm.knobs import Matrix
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
 from pytest_greenllm.report import ReportError, load_report
 from pytest_greenllm.verdicts import SloError, parse_slo
-from pytest_greenllm.devices.backend import fake_nvml_from_env
+from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
-from pytest_greenllm.session import build_matrix, open_device
+from pytest_greenllm.sweep import build_matrix, open_device
+from pytest_greenllm.tables import matrix_table
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -127,31 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def matrix_table(matrix: Matrix) -> str:
-    """The points, grouped by engine build, as a table."""
-    engines = {engine: index for index, engine in enumerate(matrix.engine_configs, start=1)}
-    rows = [
-        (
-            point.id,
-            engines[point.engine],
-            point.workload.name,
-            point.workload.input_tokens,
-            point.workload.output_tokens,
-            point.tp,
-            point.batch,
-            point.freq_label,
-        )
-        for point in matrix.points
-    ]
-    headers = ("point", "engine", "workload", "in tok", "out tok", "tp", "batch", "clock")
-    return tabulate(rows, headers=headers)
-
-
 def _knobs(args: argparse.Namespace) -> int:
     ini_path, ini = find_ini(Path.cwd())
     cli = {option.dest: getattr(args, option.dest) for option in OPTIONS}
     settings = Settings.from_sources(True, cli, ini, "--")
-    backend = open_device(settings, "--device")
+    backend = open_device(settings, lambda s: open_backend(s.device))
     try:
         matrix = build_matrix(settings, backend.capabilities)
     finally:
@@ -209,9 +190,9 @@ def _compare(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         head = load_report(args.head)
-        history = load_history(args.base, head["fingerprint"], args.allow_mismatch, args.history)
+        history = load_history(args.base, head.fingerprint, args.allow_mismatch, args.history)
         comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch)
-    except (ReportError, HistoryError, CompareError) as e:
+    except ReportError as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     markdown = args.format == "markdown"
@@ -228,7 +209,7 @@ def _recommend(args: argparse.Namespace) -> int:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     recommendation = recommend(report, slo)
-    if report["device"] == "fake":
+    if report.device == "fake":
         print("device: FAKE — every energy figure below is simulated, not measured")
     print(render_recommendation(recommendation))
     if args.plot is not None:
@@ -282,6 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `greenllm knobs | head`: the reader left; say nothing more, to nobody.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except pytest.UsageError as e:
+    except (pytest.UsageError, HintedError) as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE

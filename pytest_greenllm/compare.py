@@ -3,56 +3,77 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from tabulate import tabulate
 
-from pytest_greenllm.report import fingerprint_differences
-from pytest_greenllm.verdicts import energy_regressions
+from pytest_greenllm.record import (
+    AVG_POWER,
+    J_PER_TOKEN,
+    OUTPUT_THROUGHPUT,
+    TBT_P99,
+    TTFT_P99,
+    Report,
+    Summary,
+    SummaryMetric,
+    energy_regressions,
+)
+from pytest_greenllm.report import ReportError, check_setup
 
 
-class CompareError(ValueError):
+class CompareError(ReportError):
     """Two reports that cannot be compared; the message says why (exit status 2)."""
+
+
+# The changes every comparison row shows, in column order.
+DELTAS = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99, OUTPUT_THROUGHPUT)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One point both reports hold."""
+
+    id: str
+    base_j_per_token: float | None  # Units: J/token.
+    head_j_per_token: float | None  # Units: J/token.
+    deltas: tuple[float | None, ...]  # relative change of each of DELTAS; None: unknown
+    verdict: str  # REGRESSED, improved, ok or 'no energy'
+    method: str  # of the regression test, '-' without one
 
 
 @dataclass
 class Comparison:
     """The outcome of comparing a head report with a base report."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Row]
     only_base: list[str]
     only_head: list[str]
     notes: list[str] = field(default_factory=list)  # fingerprint differences, listed first
 
     @property
     def regressed(self) -> list[str]:
-        return [r["id"] for r in self.rows if r["verdict"] == "REGRESSED"]
+        return [r.id for r in self.rows if r.verdict == "REGRESSED"]
 
 
-def _delta(base: float | None, head: float | None) -> float | None:
-    if base is None or head is None or base == 0:
+def _delta(metric: SummaryMetric, base: Summary, head: Summary) -> float | None:
+    before, now = metric.of(base), metric.of(head)
+    if before is None or now is None or before == 0:
         return None
-    return head / base - 1
+    return now / before - 1
 
 
 def compare_reports(
-    base: dict[str, Any], head: dict[str, Any], tolerance: float, allow_mismatch: bool = False
+    base: Report, head: Report, tolerance: float, allow_mismatch: bool = False
 ) -> Comparison:
     """Compare J/output-token and average power of shared points over their repeats."""
-    energy, other = fingerprint_differences(base["fingerprint"], head["fingerprint"])
-    if energy and not allow_mismatch:
-        raise CompareError(
-            f"the reports come from setups whose energy differs ({'; '.join(energy)}); "
-            "pass --allow-mismatch to compare anyway"
-        )
-    base_points = {p["id"]: p for p in base["points"]}
-    head_points = {p["id"]: p for p in head["points"]}
+    differences = check_setup(base.fingerprint, head.fingerprint, "the base", allow=allow_mismatch)
+    base_points = {p.id: p.summary for p in base.points}
+    head_points = {p.id: p.summary for p in head.points}
     shared = [i for i in head_points if i in base_points]
     if not shared:
         raise CompareError("the reports share no knob point: nothing to compare")
     rows = []
     for point_id in shared:
-        b, h = base_points[point_id]["summary"], head_points[point_id]["summary"]
+        b, h = base_points[point_id], head_points[point_id]
         verdicts = energy_regressions(b, h, tolerance)
         if not verdicts:
             verdict = "no energy"
@@ -63,20 +84,16 @@ def compare_reports(
         else:
             verdict = "ok"
         rows.append(
-            {
-                "id": point_id,
-                "base_j_per_token": b.get("j_per_output_token"),
-                "head_j_per_token": h.get("j_per_output_token"),
-                "j_per_token_delta": _delta(b.get("j_per_output_token"), h.get("j_per_output_token")),
-                "power_delta": _delta(b.get("avg_power_w"), h.get("avg_power_w")),
-                "ttft_p99_delta": _delta(b.get("ttft_p99_ms"), h.get("ttft_p99_ms")),
-                "tbt_p99_delta": _delta(b.get("itl_p99_ms"), h.get("itl_p99_ms")),
-                "throughput_delta": _delta(b.get("output_throughput"), h.get("output_throughput")),
-                "verdict": verdict,
-                "method": verdicts[0].method if verdicts else "-",
-            }
+            Row(
+                point_id,
+                J_PER_TOKEN.of(b),
+                J_PER_TOKEN.of(h),
+                tuple(_delta(metric, b, h) for metric in DELTAS),
+                verdict,
+                verdicts[0].method if verdicts else "-",
+            )
         )
-    notes = [f"setups differ: {line}" for line in energy + other]
+    notes = [f"setups differ: {line}" for line in differences]
     return Comparison(
         rows,
         sorted(set(base_points) - set(head_points)),
@@ -97,15 +114,11 @@ def render(comparison: Comparison, markdown: bool) -> str:
     )
     rows = [
         (
-            r["id"],
-            r["base_j_per_token"],
-            r["head_j_per_token"],
-            _pct(r["j_per_token_delta"]),
-            _pct(r["power_delta"]),
-            _pct(r["ttft_p99_delta"]),
-            _pct(r["tbt_p99_delta"]),
-            _pct(r["throughput_delta"]),
-            f"**{r['verdict']}**" if markdown and r["verdict"] == "REGRESSED" else r["verdict"],
+            r.id,
+            r.base_j_per_token,
+            r.head_j_per_token,
+            *(_pct(delta) for delta in r.deltas),
+            f"**{r.verdict}**" if markdown and r.verdict == "REGRESSED" else r.verdict,
         )
         for r in comparison.rows
     ]

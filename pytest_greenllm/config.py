@@ -19,7 +19,7 @@ import pytest
 from pytest_greenllm.devices.base import DEVICE_KINDS
 from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model
-from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, KnobOption
+from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, KnobOption
 from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
 from pytest_greenllm.verdicts import DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, parse_slo
 from pytest_greenllm.workloads import (
@@ -39,7 +39,8 @@ class Raw:
 
     option: KnobOption
     text: str
-    source: str  # e.g. '--greenllm-tp=0' or 'ini greenllm_tp = 0'
+    source: str  # e.g. the flag with its value, or 'ini greenllm_tp = 0'
+    flag_prefix: str = PYTEST_PREFIX  # of the front end reading it, to name other options
 
     def error(self, why: str) -> pytest.UsageError:
         return pytest.UsageError(f"{self.source}: {why}")
@@ -94,7 +95,7 @@ def parse_workloads(raw: Raw, buckets: Mapping[str, tuple[int, int]], trace: Tra
         elif item.lower() == REPLAY:
             if trace is None:
                 raise raw.error(
-                    f"the {REPLAY} workload replays a trace; give one with --greenllm-trace=CSV"
+                    f"the {REPLAY} workload replays a trace; give one with {raw.flag_prefix}trace=CSV"
                 )
             workloads.append(replay_workload(trace))
         elif ":" in item:
@@ -300,14 +301,16 @@ class Settings:
             flag = f"{flag_prefix}{option.name}"
             if isinstance(given, list):
                 source = " ".join(f"{flag}={value}" for value in given)
-                raw[option.name] = Raw(option, "\n".join(given), source)
+                raw[option.name] = Raw(option, "\n".join(given), source, flag_prefix)
             elif given is not None:
-                raw[option.name] = Raw(option, given, f"{flag}={given}")
+                raw[option.name] = Raw(option, given, f"{flag}={given}", flag_prefix)
             elif ini.get(option.ini, ""):
                 text = ini[option.ini]
-                raw[option.name] = Raw(option, text, f"ini {option.ini} = {text}")
+                raw[option.name] = Raw(option, text, f"ini {option.ini} = {text}", flag_prefix)
             else:
-                raw[option.name] = Raw(option, option.default, f"default {option.name}={option.default}")
+                raw[option.name] = Raw(
+                    option, option.default, f"default {option.name}={option.default}", flag_prefix
+                )
         trace = parse_trace(raw["trace"])
         buckets = DEFAULT_BUCKETS
         if trace is not None:
@@ -346,7 +349,7 @@ class Settings:
         cli = {option.dest: getoption(option.dest) for option in OPTIONS}
         ini = {option.ini: str(config.getini(option.ini)) for option in OPTIONS}
         enabled = bool(config.getoption(ENABLE_FLAG.lstrip("-")))
-        return cls.from_sources(enabled, cli, ini, "--greenllm-")
+        return cls.from_sources(enabled, cli, ini, PYTEST_PREFIX)
 
 
 settings_key: Final = pytest.StashKey[Settings]()

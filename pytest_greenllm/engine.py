@@ -1,4 +1,5 @@
-"""vLLM engines: build one per engine configuration, reuse it, shut it down, drive a run.
+"""The offline vLLM driver: one engine per configuration, reused, shut down, driven a step at
+a time.
 
 vLLM is imported inside the functions that need it: pytest imports this plugin on every
 run, and ``import vllm`` takes seconds.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import gc
 from importlib import metadata
 import os
-import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -19,9 +19,9 @@ from typing import Any
 
 import psutil
 
-from pytest_greenllm.knobs import EngineConfig
+from pytest_greenllm.driver import EngineFailed, EngineSpec
+from pytest_greenllm.knobs import EngineConfig, count_of
 from pytest_greenllm.metrics import RequestRecord
-from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import RequestSpec
 
 # vLLM's CPU backend takes its KV-cache size from the environment, in GiB.
@@ -29,10 +29,6 @@ CPU_KVCACHE_GIB = "2"
 WARMUP_REQUESTS = 2
 WARMUP_PROMPT = tuple(range(100, 116))
 WARMUP_OUTPUT_TOKENS = 4
-
-
-class EngineFailed(Exception):
-    """The engine could not be built or failed during a run; the message is vLLM's."""
 
 
 @contextmanager
@@ -45,16 +41,6 @@ def library_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         yield
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything an engine is built from."""
-
-    config: EngineConfig
-    model: ModelInfo
-    engine_args: tuple[tuple[str, Any], ...] = ()  # --greenllm-engine-arg, passed through
-    max_model_len: int | None = None
 
 
 def on_cpu() -> bool:
@@ -216,16 +202,6 @@ class EngineCache:
             )
 
 
-def poisson_arrivals(count: int, rate_per_s: float, seed: int) -> list[float]:
-    """Arrival offsets of a Poisson process at ``rate_per_s``, seeded. Units: s."""
-    rng = random.Random(f"greenllm-arrivals:{seed}")
-    t, out = 0.0, []
-    for _ in range(count):
-        out.append(t)
-        t += rng.expovariate(rate_per_s)
-    return out
-
-
 def run_requests(
     llm: Any,
     requests: Sequence[RequestSpec],
@@ -296,3 +272,45 @@ def warm_up(llm: Any, tag: str) -> None:
     """A few short requests, unmeasured, so the first measured one pays no start-up cost."""
     spec = RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)
     run_requests(llm, [spec] * WARMUP_REQUESTS, [0.0] * WARMUP_REQUESTS, f"{tag}-warmup")
+
+
+@dataclass
+class VllmOfflineDriver:
+    """The :class:`~pytest_greenllm.driver.Driver` of vLLM's in-process engine (``vllm.LLM``)."""
+
+    cache: EngineCache = field(default_factory=EngineCache)
+
+    def engine(self, spec: EngineSpec) -> Any:
+        """The ``vllm.LLM`` for ``spec``."""
+        return self.cache.get(spec)
+
+    def warm_up(self, spec: EngineSpec, tag: str) -> None:
+        warm_up(self.cache.get(spec), tag)
+
+    def run(
+        self,
+        spec: EngineSpec,
+        requests: Sequence[RequestSpec],
+        arrivals_s: Sequence[float],
+        tag: str,
+    ) -> list[RequestRecord]:
+        return run_requests(self.cache.get(spec), requests, arrivals_s, tag)
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def summary_lines(self, planned_configs: int) -> list[str]:
+        cache = self.cache
+        lines = [
+            f"{count_of(cache.builds, 'engine build')} for "
+            f"{count_of(len(cache.configs), 'engine configuration')} measured "
+            f"({planned_configs} planned)"
+        ]
+        for check in cache.memory:
+            verdict = "returned" if check.returned else "NOT returned"
+            lines.append(
+                f"engine tp{check.config.tp}-b{check.config.max_num_seqs}: memory "
+                f"{check.before_bytes / 2**20:.0f} MiB before, {check.live_bytes / 2**20:.0f} MiB "
+                f"live, {check.after_bytes / 2**20:.0f} MiB after shutdown: {verdict}"
+            )
+        return lines

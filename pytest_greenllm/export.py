@@ -15,16 +15,23 @@ import csv
 import io
 from typing import Any
 
-# (summary key, per-repeat key or None, display name, unit, bencher measure slug)
-SMALLER_IS_BETTER = (
-    ("j_per_output_token", "j_per_output_token_repeats", "energy per output token", "J/token", "energy-per-output-token"),
-    ("avg_power_w", "avg_power_w_repeats", "average power", "W", "average-power"),
-    ("ttft_p99_ms", None, "p99 TTFT", "ms", "ttft-p99"),
-    ("itl_p99_ms", None, "p99 TBT", "ms", "tbt-p99"),
+from pytest_greenllm.record import (
+    AVG_POWER,
+    E2EL_P99,
+    J_PER_TOKEN,
+    OUTPUT_THROUGHPUT,
+    REQUEST_THROUGHPUT,
+    TBT_P99,
+    TPOT_P99,
+    TTFT_P99,
+    Report,
+    SummaryMetric,
 )
-BIGGER_IS_BETTER = (
-    ("output_throughput", None, "output throughput", "tokens/s", "output-throughput"),
-)
+
+SMALLER_IS_BETTER = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99)
+BIGGER_IS_BETTER = (OUTPUT_THROUGHPUT,)
+CSV_METRICS = (TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT,
+               J_PER_TOKEN, AVG_POWER)
 CSV_COLUMNS = (
     "point", "model", "tp", "batch", "workload", "input_tokens", "output_tokens", "freq_mhz",
     "locked_clock_mhz", "repeats", "ttft_p99_ms", "tbt_p99_ms", "tpot_p99_ms", "e2el_p99_ms",
@@ -33,24 +40,30 @@ CSV_COLUMNS = (
 )
 
 
-def _entries(report: dict[str, Any], metrics: tuple[tuple[str, str | None, str, str, str], ...]) -> list[dict[str, Any]]:
+def _spread(values: tuple[float | None, ...]) -> list[float]:
+    """The known per-repeat values, where there are two or more."""
+    known = [v for v in values if v is not None]
+    return known if len(known) > 1 else []
+
+
+def _entries(report: Report, metrics: tuple[SummaryMetric, ...]) -> list[dict[str, Any]]:
     out = []
-    for point in report["points"]:
-        summary = point["summary"]
-        for key, repeats_key, name, unit, _ in metrics:
-            value = summary.get(key)
+    for point in report.points:
+        for metric in metrics:
+            value = metric.of(point.summary)
             if value is None:
                 continue
-            entry: dict[str, Any] = {"name": f"{point['id']} {name}", "unit": unit, "value": value}
-            repeats = summary.get(repeats_key) if repeats_key else None
-            if repeats and len(repeats) > 1:
+            entry: dict[str, Any] = {"name": f"{point.id} {metric.label}", "unit": metric.unit,
+                                     "value": value}
+            repeats = _spread(metric.repeats(point.summary))
+            if repeats:
                 entry["range"] = f"± {(max(repeats) - min(repeats)) / 2:.4g}"
-            entry["extra"] = f"device={report['device']}; repeats={len(point['repeats'])}"
+            entry["extra"] = f"device={report.device}; repeats={len(point.repeats)}"
             out.append(entry)
     return out
 
 
-def github_action_benchmark(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def github_action_benchmark(report: Report) -> dict[str, list[dict[str, Any]]]:
     """The two lists, keyed by the tool name each one is for."""
     return {
         "customSmallerIsBetter": _entries(report, SMALLER_IS_BETTER),
@@ -58,42 +71,40 @@ def github_action_benchmark(report: dict[str, Any]) -> dict[str, list[dict[str, 
     }
 
 
-def bencher(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+def bencher(report: Report) -> dict[str, dict[str, dict[str, float]]]:
     """Bencher Metric Format: one benchmark per point, one measure per metric."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for point in report["points"]:
-        summary = point["summary"]
+    for point in report.points:
         measures: dict[str, dict[str, float]] = {}
-        for key, repeats_key, _, _, slug in SMALLER_IS_BETTER + BIGGER_IS_BETTER:
-            value = summary.get(key)
+        for metric in SMALLER_IS_BETTER + BIGGER_IS_BETTER:
+            value = metric.of(point.summary)
             if value is None:
                 continue
-            metric = {"value": value}
-            repeats = summary.get(repeats_key) if repeats_key else None
-            if repeats and len(repeats) > 1:
-                metric.update(lower_value=min(repeats), upper_value=max(repeats))
-            measures[slug] = metric
-        out[point["id"]] = measures
+            measure = {"value": value}
+            repeats = _spread(metric.repeats(point.summary))
+            if repeats:
+                measure.update(lower_value=min(repeats), upper_value=max(repeats))
+            measures[metric.slug] = measure
+        out[point.id] = measures
     return out
 
 
-def csv_text(report: dict[str, Any]) -> str:
+def csv_text(report: Report) -> str:
     """One row per point, with a header."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for point in report["points"]:
-        config, summary, verdicts = point["config"], point["summary"], point["verdicts"]
+    for record in report.points:
+        point = record.point
         writer.writerow(
             (
-                point["id"], config["model"], config["tp"], config["batch"],
-                config["workload"]["name"], config["workload"]["input_tokens"],
-                config["workload"]["output_tokens"], config["freq_mhz"], point["locked_clock_mhz"],
-                len(point["repeats"]), summary["ttft_p99_ms"], summary["itl_p99_ms"],
-                summary["tpot_p99_ms"], summary["e2el_p99_ms"], summary["output_throughput"],
-                summary["request_throughput"], summary["j_per_output_token"],
-                summary["avg_power_w"], verdicts.get("slo_met"), verdicts.get("regressed"),
-                report["device"],
+                record.id, point.model, point.tp, point.batch, point.workload.name,
+                point.workload.input_tokens, point.workload.output_tokens, point.freq_mhz,
+                record.locked_clock_mhz, len(record.repeats),
+                *(metric.of(record.summary) for metric in CSV_METRICS),
+                None if record.verdicts is None else record.slo_met,
+                None if record.verdicts is None else record.regressed,
+                report.device,
             )
         )
     return buffer.getvalue()

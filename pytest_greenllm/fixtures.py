@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from pytest_greenllm.config import Settings, settings_key
-from pytest_greenllm.devices.nvml import NvmlGpu
-from pytest_greenllm.engine import EngineFailed
+from pytest_greenllm.devices.base import Gpu
+from pytest_greenllm.driver import EngineFailed
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
-from pytest_greenllm.options import POINT_FIXTURE
-from pytest_greenllm.runner import PointResult, measure_point, result_properties
+from pytest_greenllm.options import POINT_FIXTURE, PYTEST_PREFIX
+from pytest_greenllm.record import PointResult
+from pytest_greenllm.runner import measure_point, result_properties
 from pytest_greenllm.session import (
     SKIP_REASON,
     GreenLLMSession,
     session_key,
     verdict_failures_key,
 )
+from pytest_greenllm.sweep import PointSkipped
 
 
 @pytest.fixture
@@ -37,14 +38,21 @@ def greenllm_settings(pytestconfig: pytest.Config) -> Settings:
 
 @pytest.fixture(scope="session")
 def greenllm_session(pytestconfig: pytest.Config) -> GreenLLMSession:
-    """The run-wide state: device, matrix, meter."""
-    return pytestconfig.stash[session_key]
+    """The run-wide state: the sweep (device, matrix, meter, results) and the driver."""
+    session = pytestconfig.stash.get(session_key, None)
+    if session is None:
+        pytest.skip(SKIP_REASON)
+    return session
+
+
+def _skip(e: PointSkipped) -> None:
+    pytest.skip(e.render(PYTEST_PREFIX))
 
 
 @pytest.fixture(scope="session")
-def gpu_devices(greenllm_session: GreenLLMSession) -> list[NvmlGpu]:
+def gpu_devices(greenllm_session: GreenLLMSession) -> Sequence[Gpu]:
     """The GPUs this session measures (those CUDA_VISIBLE_DEVICES leaves visible)."""
-    backend = greenllm_session.require_backend()
+    backend = greenllm_session.sweep.backend
     if not backend.gpus:
         pytest.skip(f"no GPUs: device={backend.kind}")
     return backend.gpus
@@ -53,7 +61,11 @@ def gpu_devices(greenllm_session: GreenLLMSession) -> list[NvmlGpu]:
 @pytest.fixture(scope="session")
 def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
     """The session's energy meter (idle power measured once); skips where there is none."""
-    return greenllm_session.meter()
+    try:
+        return greenllm_session.sweep.meter()
+    except PointSkipped as e:
+        _skip(e)
+        raise
 
 
 @pytest.fixture
@@ -72,18 +84,30 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
     elif POINT_FIXTURE in request.fixturenames:
         point: KnobPoint = request.getfixturevalue(POINT_FIXTURE)
         mhz, tp = point.freq_mhz, point.tp
-    with greenllm_session.point_clocks(mhz, tp) as locked:
+    sweep = greenllm_session.sweep
+    try:
+        locked = sweep.lock_clocks(mhz, tp)
+    except PointSkipped as e:
+        _skip(e)
+        raise
+    try:
+        sweep.cool_down()
         yield locked
+    finally:
+        if locked is not None:
+            sweep.restore_clocks()
 
 
 @pytest.fixture
-def greenllm_engine(greenllm_point: KnobPoint, greenllm_session: GreenLLMSession) -> Any:
-    """The ``vllm.LLM`` for this point's engine configuration, shared by points that have it."""
+def greenllm_engine(greenllm_point: KnobPoint, greenllm_session: GreenLLMSession) -> object:
+    """The engine of this point's configuration (a ``vllm.LLM`` for the offline driver),
+    shared by the points that have it."""
+    driver = greenllm_session.driver
     try:
-        return greenllm_session.engines.get(greenllm_session.engine_spec(greenllm_point))
+        return driver.engine(greenllm_session.sweep.engine_spec(greenllm_point))
     except EngineFailed as e:
         failure = str(e)
-    greenllm_session.engines.close()
+    driver.close()
     pytest.fail(failure, pytrace=False)
 
 
@@ -100,31 +124,32 @@ def greenllm_result(
     into the test's ``user_properties`` (and so into ``--junitxml``) and, when the test
     uses pytest-benchmark's ``benchmark`` fixture, into ``benchmark.extra_info``. A missed
     SLO or an energy regression fails the test (after its body ran) with one line per
-    finding. An engine failure
-    fails this point with vLLM's message; the next point gets a fresh engine.
+    finding. An engine failure fails this point with the engine's message; the next point
+    gets a fresh engine.
     """
     __tracebackhide__ = True
-    session = greenllm_session
-    results = session.results
-    if results is None:
-        pytest.skip(SKIP_REASON)
+    sweep, driver = greenllm_session.sweep, greenllm_session.driver
+    meter = sweep.meter_or_none()
+    sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
     failure: str | None = None
     try:
         result = measure_point(
-            session, session.engines, session.engine_spec(greenllm_point), greenllm_point, locked_clocks
+            sweep.settings, driver, meter, sources, sweep.engine_spec(greenllm_point),
+            greenllm_point, locked_clocks, sources_note=note,
         )
     except EngineFailed as e:
         failure = f"{greenllm_point.id}: {e}"
     if failure is not None:
         # A fresh engine for the next point; the failure is reported outside the except
-        # block so that it reads as vLLM's message, not as a chain of three.
-        session.engines.close()
+        # block so that it reads as the engine's message, not as a chain of three.
+        driver.close()
         pytest.fail(failure, pytrace=False)
-    record, verdict = results.record(result)
-    properties = result_properties(result, record)
+    record = sweep.results.record(result)
+    properties = result_properties(record)
     request.node.user_properties.extend(properties)
     if "benchmark" in request.fixturenames:
         request.getfixturevalue("benchmark").extra_info.update(dict(properties))
     # Judged when the test body has run, so that a verdict fails the test, not its setup.
-    request.node.stash[verdict_failures_key] = verdict.failures(greenllm_point.id)
+    if record.verdicts is not None:
+        request.node.stash[verdict_failures_key] = record.verdicts.failures(record.id)
     return result

@@ -9,18 +9,19 @@ named, as are files that are not reports.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_greenllm.report import ReportError, fingerprint_differences, load_report
+from pytest_greenllm.record import GATED_METRICS, PointRecord, Report
+from pytest_greenllm.report import ReportError, SetupMismatch, check_setup, load_report
 
 DEFAULT_HISTORY = 5
-POOLED = ("j_per_output_token", "avg_power_w")
 
 
-class HistoryError(ValueError):
+class HistoryError(ReportError):
     """No usable baseline; the message says what was found and why it was refused."""
 
 
@@ -28,7 +29,7 @@ class HistoryError(ValueError):
 class History:
     """The baseline to compare with, and how it was put together."""
 
-    report: dict[str, Any]  # a report-shaped dict; summaries hold the pooled repeats
+    report: Report  # the newest report; its points' summaries hold the pooled repeats
     used: list[Path]
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -39,28 +40,25 @@ class History:
         return out
 
 
-def _pool(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report whose points hold every report's repeats of the gated metrics."""
-    points: dict[str, dict[str, Any]] = {}
+def _pool(reports: list[Report]) -> Report:
+    """The newest report, each of its points holding every report's repeats of the gated
+    metrics (and their means); points only older reports have are added."""
+    pooled: dict[str, tuple[PointRecord, dict[str, list[float | None]]]] = {}
     for report in reports:
-        for point in report["points"]:
-            pooled = points.setdefault(
-                point["id"], {"id": point["id"], "summary": dict(point["summary"]), "sources": 0}
-            )
-            pooled["sources"] += 1
-            if pooled["sources"] == 1:
-                continue
-            for metric in POOLED:
-                key = f"{metric}_repeats"
-                pooled["summary"][key] = list(pooled["summary"].get(key) or []) + list(
-                    point["summary"].get(key) or []
-                )
-    for pooled in points.values():
-        for metric in POOLED:
-            values = pooled["summary"].get(f"{metric}_repeats") or []
-            pooled["summary"][metric] = statistics.fmean(values) if values else None
-    newest = reports[0]
-    return {**newest, "points": list(points.values())}
+        for point in report.points:
+            _, repeats = pooled.setdefault(point.id, (point, {}))
+            for metric in GATED_METRICS:
+                repeats.setdefault(metric.key, []).extend(metric.repeats(point.summary))
+    points = []
+    for point, repeats in pooled.values():
+        changes: dict[str, Any] = {}
+        for metric in GATED_METRICS:
+            values = repeats[metric.key]
+            known = [v for v in values if v is not None]
+            changes[metric.key] = statistics.fmean(known) if known else None
+            changes[metric.repeats_key or metric.key] = tuple(values)
+        points.append(dataclasses.replace(point, summary=dataclasses.replace(point.summary, **changes)))
+    return dataclasses.replace(reports[0], points=tuple(points))
 
 
 def load_history(
@@ -68,34 +66,28 @@ def load_history(
     head_fingerprint: dict[str, Any],
     allow_mismatch: bool = False,
     limit: int = DEFAULT_HISTORY,
-    mismatch_flag: str = "--allow-mismatch",
 ) -> History:
     """The baseline at ``path``: one report, or the ``limit`` most recent matching reports of
     a folder (searched recursively, journals ignored)."""
     if path.is_file():
         report = load_report(path)
-        energy, _ = fingerprint_differences(report["fingerprint"], head_fingerprint)
-        if energy and not allow_mismatch:
-            raise HistoryError(
-                f"{path} was measured on another setup ({'; '.join(energy)}); comparing energy "
-                f"across it means nothing ({mismatch_flag} to compare anyway)"
-            )
+        check_setup(report.fingerprint, head_fingerprint, str(path), allow=allow_mismatch)
         return History(report, [path])
     if not path.is_dir():
         raise HistoryError(f"{path}: no such report or folder")
-    candidates: list[tuple[str, Path, dict[str, Any]]] = []
+    candidates: list[tuple[str, Path, Report]] = []
     refused: list[tuple[Path, str]] = []
     for file in sorted(path.rglob("*.json")):
         try:
             report = load_report(file)
+            check_setup(report.fingerprint, head_fingerprint, str(file), allow=allow_mismatch)
+        except SetupMismatch as e:
+            refused.append((file, f"another setup ({'; '.join(e.differences)})"))
+            continue
         except ReportError as e:
             refused.append((file, str(e).removeprefix(f"{file}: ")))
             continue
-        energy, _ = fingerprint_differences(report["fingerprint"], head_fingerprint)
-        if energy and not allow_mismatch:
-            refused.append((file, f"another setup ({'; '.join(energy)})"))
-            continue
-        candidates.append((str(report.get("created", "")), file, report))
+        candidates.append((report.created, file, report))
     if not candidates:
         found = "; ".join(f"{p}: {why}" for p, why in refused) or "no reports"
         raise HistoryError(f"{path}: no usable baseline report ({found})")

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 from pytest_greenllm.devices.base import EnergySource, Reading
 from pytest_greenllm.devices.errors import DeviceError
+from pytest_greenllm.hints import CLI_PREFIX, Hint
+
+MORE_REQUESTS = Hint("requests", template="requests ({flag}) or repeat it")
+FASTER_SAMPLING = Hint("sample-hz", template="; raise {flag} or measure a longer window")
 
 COUNTER = "counter"
 SAMPLED = "sampled"
@@ -176,6 +180,7 @@ class EnergyMeter:
     min_window_s: float = 5.0  # the counter updates every ~100 ms: 5 s bounds that error at 2%
     clock_tolerance: float = 0.05  # relative deviation of the held clock that gets flagged
     max_disagreement: float = 0.10  # counter vs integrated power, beyond which we warn
+    flag_prefix: str = CLI_PREFIX  # how warnings name the options to change (hints.py)
     clock: Callable[[], float] = time.monotonic
     idle: IdleState | None = None
     _open: dict[str, _Open] = field(default_factory=dict)
@@ -310,7 +315,7 @@ class EnergyMeter:
             warnings.append(
                 f"window of {duration_s:.2f} s is shorter than the {self.min_window_s:g} s minimum: "
                 "the energy counter's ~100 ms updates make it unreliable; give the point more "
-                "requests (--greenllm-requests) or repeat it"
+                + MORE_REQUESTS.render(self.flag_prefix)
             )
         if energy_j == 0 and duration_s > 0:
             warnings.append(
@@ -361,7 +366,8 @@ class EnergyMeter:
         else:
             raise DeviceError(
                 f"{label}: no energy counter and fewer than two power samples in "
-                f"{duration_s:.3f} s; raise --greenllm-sample-hz or measure a longer window"
+                f"{duration_s:.3f} s",
+                hint=FASTER_SAMPLING,
             )
         disagreement = None
         if method == COUNTER and sampled_j is not None and energy_j > 0:

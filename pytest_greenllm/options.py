@@ -13,6 +13,8 @@ from typing import Any, Callable
 ENABLE_FLAG = "--greenllm"
 PYTEST_PREFIX = "--greenllm-"
 INI_PREFIX = "greenllm_"
+# Flags of the plugin alone (the CLI spells its own in cli.py).
+ALLOW_MISMATCH_FLAG = "--greenllm-allow-mismatch"
 # The fixture a benchmark takes to get one test item per knob point.
 POINT_FIXTURE = "greenllm_point"
 

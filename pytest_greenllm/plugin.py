@@ -10,21 +10,24 @@ import pytest
 
 from pytest_greenllm import hookspec
 from pytest_greenllm.config import Settings, settings_key
+from pytest_greenllm.devices.base import Backend
+from pytest_greenllm.driver import Driver
+from pytest_greenllm.hints import HintedError, render_error
 from pytest_greenllm.knobs import KnobPoint
-from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, add_knob_options
-from pytest_greenllm.reporting import prepare_reports
-from pytest_greenllm.session import (
-    MARKER,
-    GreenLLMSession,
-    build_matrix,
-    open_device,
-    session_key,
+from pytest_greenllm.options import (
+    ALLOW_MISMATCH_FLAG,
+    ENABLE_FLAG,
+    OPTIONS,
+    POINT_FIXTURE,
+    PYTEST_PREFIX,
+    add_knob_options,
 )
+from pytest_greenllm.session import MARKER, SKIP_REASON, GreenLLMSession, session_key
+from pytest_greenllm.sweep import prepare_sweep
 
 pytest_plugins = ["pytest_greenllm.fixtures"]
 
 SESSION_PLUGIN = "greenllm-session"
-ALLOW_MISMATCH_FLAG = "--greenllm-allow-mismatch"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +59,20 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspec)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_greenllm_make_backend(config: pytest.Config, settings: Settings) -> Backend:
+    from pytest_greenllm.devices.backend import open_backend
+
+    return open_backend(settings.device)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_greenllm_make_driver(config: pytest.Config, settings: Settings) -> Driver:
+    from pytest_greenllm.engine import VllmOfflineDriver
+
+    return VllmOfflineDriver()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -63,26 +80,50 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     settings = Settings.from_config(config)
     config.stash[settings_key] = settings
-    if settings.enabled:
+    if not settings.enabled:
+        return
 
-        def plugin_problems(point: KnobPoint) -> list[str]:
-            return list(config.hook.pytest_greenllm_point_problems(config=config, point=point))
+    def plugin_problems(point: KnobPoint) -> list[str]:
+        return list(config.hook.pytest_greenllm_point_problems(config=config, point=point))
 
-        backend = open_device(settings, f"{PYTEST_PREFIX}device")
-        try:
-            matrix = build_matrix(settings, backend.capabilities, plugin_problems)
-            results, context, notes = prepare_reports(
-                config, settings, backend, bool(config.getoption("greenllm_allow_mismatch"))
-            )
-        except BaseException:
-            backend.close()
-            raise
-        session = GreenLLMSession(settings, backend, matrix, results, context)
-        session.notes.extend(notes)
-    else:
-        session = GreenLLMSession(settings, None, None)
+    def make_backend(settings: Settings) -> Backend:
+        backend: Backend = config.hook.pytest_greenllm_make_backend(config=config, settings=settings)
+        return backend
+
+    try:
+        sweep = prepare_sweep(
+            settings,
+            config.rootpath,
+            make_backend=make_backend,
+            extra_problems=plugin_problems,
+            allow_mismatch=bool(config.getoption("greenllm_allow_mismatch")),
+            flag_prefix=PYTEST_PREFIX,
+        )
+    except HintedError as e:
+        raise pytest.UsageError(render_error(e, PYTEST_PREFIX)) from None
+    try:
+        driver: Driver = config.hook.pytest_greenllm_make_driver(config=config, settings=settings)
+    except BaseException:
+        sweep.close()
+        raise
+    session = GreenLLMSession(sweep, driver)
     config.stash[session_key] = session
     config.pluginmanager.register(session, SESSION_PLUGIN)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if session_key in config.stash:
+        return []  # the session's own header says what runs
+    return [f"greenllm: off (pass {ENABLE_FLAG} to run the knob sweep)"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on = session_key in config.stash
+    for item in items:
+        if POINT_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(MARKER)
+        if not on and item.get_closest_marker(MARKER) is not None:
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tabulate import tabulate
 
+from pytest_greenllm.record import (
+    AVG_POWER,
+    J_PER_TOKEN,
+    OUTPUT_THROUGHPUT,
+    TBT_P99,
+    TTFT_P99,
+    Objective,
+    PointRecord,
+    Report,
+    best_per_objective,
+)
 from pytest_greenllm.verdicts import Slo, slo_violations
 
-OBJECTIVES = (
-    ("least energy per token", "j_per_output_token", min),
-    ("least average power", "avg_power_w", min),
-    ("most throughput", "output_throughput", max),
-)
+COLUMNS = (J_PER_TOKEN, AVG_POWER, OUTPUT_THROUGHPUT, TTFT_P99, TBT_P99)
 
 
 class PlotUnavailable(ImportError):
@@ -29,53 +35,54 @@ class PlotUnavailable(ImportError):
 class Recommendation:
     """What a report recommends."""
 
-    passing: list[dict[str, Any]]  # points that meet the SLOs
+    passing: list[PointRecord]  # points that meet the SLOs
     failing: list[str]
-    best: list[tuple[str, dict[str, Any] | None]]  # (objective, point) in OBJECTIVES order
-    frontier: list[dict[str, Any]]  # J/token vs TBT p99, ascending TBT
+    best: list[tuple[Objective, PointRecord | None]]  # in OBJECTIVES order
+    frontier: list[PointRecord]  # J/token vs TBT p99, ascending TBT
 
 
-def _meets(point: dict[str, Any], slo: Slo | None) -> bool:
+def _meets(point: PointRecord, slo: Slo | None) -> bool:
     if slo is None:
-        return bool(point["verdicts"].get("slo_met", True))
-    return not slo_violations(point["summary"], slo)
+        return point.slo_met
+    return not slo_violations(point.summary, slo)
 
 
-def pareto_frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _frontier_xy(point: PointRecord) -> tuple[float, float] | None:
+    tbt, energy = TBT_P99.of(point.summary), J_PER_TOKEN.of(point.summary)
+    return None if tbt is None or energy is None else (tbt, energy)
+
+
+def pareto_frontier(points: list[PointRecord]) -> list[PointRecord]:
     """Points no other point beats on both J/output-token and p99 TBT (lower is better)."""
-    usable = [
-        p for p in points
-        if p["summary"].get("j_per_output_token") is not None and p["summary"].get("itl_p99_ms") is not None
-    ]
-    usable.sort(key=lambda p: (p["summary"]["itl_p99_ms"], p["summary"]["j_per_output_token"]))
-    frontier: list[dict[str, Any]] = []
-    for p in usable:
-        if not frontier or p["summary"]["j_per_output_token"] < frontier[-1]["summary"]["j_per_output_token"]:
+    usable = [(xy, p) for p in points if (xy := _frontier_xy(p)) is not None]
+    usable.sort(key=lambda xyp: xyp[0])
+    frontier: list[PointRecord] = []
+    lowest = float("inf")
+    for (_, energy), p in usable:
+        if energy < lowest:
             frontier.append(p)
+            lowest = energy
     return frontier
 
 
-def recommend(report: dict[str, Any], slo: Slo | None = None) -> Recommendation:
+def recommend(report: Report, slo: Slo | None = None) -> Recommendation:
     """Best points per objective among those meeting ``slo`` (default: the report's verdicts)."""
-    passing = [p for p in report["points"] if _meets(p, slo)]
-    failing = [p["id"] for p in report["points"] if not _meets(p, slo)]
-    best: list[tuple[str, dict[str, Any] | None]] = []
-    for name, key, pick in OBJECTIVES:
-        candidates = [p for p in passing if p["summary"].get(key) is not None]
-        best.append((name, pick(candidates, key=lambda p: p["summary"][key]) if candidates else None))
-    return Recommendation(passing, failing, best, pareto_frontier(passing))
+    passing = [p for p in report.points if _meets(p, slo)]
+    failing = [p.id for p in report.points if not _meets(p, slo)]
+    return Recommendation(passing, failing, best_per_objective(passing), pareto_frontier(passing))
 
 
 def render(rec: Recommendation) -> str:
     """The recommendation as tables."""
-    def row(p: dict[str, Any]) -> tuple[Any, ...]:
-        s = p["summary"]
-        return (p["id"], s["j_per_output_token"], s["avg_power_w"], s["output_throughput"],
-                s["ttft_p99_ms"], s["itl_p99_ms"])
+    def row(p: PointRecord) -> tuple[object, ...]:
+        return (p.id, *(metric.of(p.summary) for metric in COLUMNS))
 
-    headers = ("point", "J/tok", "avg W", "out tok/s", "TTFT p99 ms", "TBT p99 ms")
+    headers = ("point", *(metric.header for metric in COLUMNS))
     lines = []
-    best_rows = [(name, *row(p)) if p else (name, "no point meets the SLOs") for name, p in rec.best]
+    best_rows = [
+        (objective.name, *row(p)) if p else (objective.name, "no point meets the SLOs")
+        for objective, p in rec.best
+    ]
     lines.append(tabulate(best_rows, headers=("objective", *headers), floatfmt=".4g", missingval="-"))
     lines.append("")
     lines.append("Pareto frontier (J/output-token vs p99 TBT):")
@@ -86,7 +93,7 @@ def render(rec: Recommendation) -> str:
     return "\n".join(lines)
 
 
-def plot(rec: Recommendation, report: dict[str, Any], path: Path) -> None:
+def plot(rec: Recommendation, report: Report, path: Path) -> None:
     """J/output-token against p99 TBT, every point, the frontier drawn, as an image."""
     try:
         import matplotlib
@@ -98,23 +105,22 @@ def plot(rec: Recommendation, report: dict[str, Any], path: Path) -> None:
             "plotting needs matplotlib: pip install 'pytest-greenllm[plot]'"
         ) from e
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    passing = {p["id"] for p in rec.passing}
-    for p in report["points"]:
-        s = p["summary"]
-        if s.get("j_per_output_token") is None or s.get("itl_p99_ms") is None:
+    passing = {p.id for p in rec.passing}
+    for p in report.points:
+        xy = _frontier_xy(p)
+        if xy is None:
             continue
-        ok = p["id"] in passing
-        axes.scatter(s["itl_p99_ms"], s["j_per_output_token"], c="tab:green" if ok else "tab:gray",
-                     marker="o" if ok else "x")
-        axes.annotate(p["id"], (s["itl_p99_ms"], s["j_per_output_token"]), fontsize=7)
+        ok = p.id in passing
+        axes.scatter(*xy, c="tab:green" if ok else "tab:gray", marker="o" if ok else "x")
+        axes.annotate(p.id, xy, fontsize=7)
     if rec.frontier:
-        axes.plot([p["summary"]["itl_p99_ms"] for p in rec.frontier],
-                  [p["summary"]["j_per_output_token"] for p in rec.frontier], "g--", label="Pareto frontier")
+        line = [xy for p in rec.frontier if (xy := _frontier_xy(p)) is not None]
+        axes.plot([x for x, _ in line], [y for _, y in line], "g--", label="Pareto frontier")
         axes.legend()
     axes.set_xlabel("p99 time between tokens (ms)")
     axes.set_ylabel("energy per output token (J)")
     title = "pytest-greenllm"
-    if report.get("device") == "fake":
+    if report.device == "fake":
         title += " — FAKE DEVICE: simulated energy"
     axes.set_title(title)
     figure.tight_layout()

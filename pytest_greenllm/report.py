@@ -1,94 +1,42 @@
-"""The JSON report: one versioned schema, atomic writes, a journal for killed sweeps.
+"""Report files: atomic writes, checked reads, the journal of a running sweep, and the
+fingerprint that says whether two reports' energy can be compared.
 
-Schema (``schema_version`` 1; docs/report-schema.md describes every field)::
-
-    {"schema": "pytest-greenllm report", "schema_version": 1, "created": ISO-8601,
-     "device": "nvml" | "rapl" | "fake" | "none", "machine": {...}, "git": {...} | null,
-     "fingerprint": {...}, "settings": {...}, "points": [{"id", "config", "locked_clock_mhz",
-     "repeats": [{"metrics": {...}, "energy": {...} | null}], "summary": {...},
-     "verdicts": {...}}]}
-
-A report of the fake device says so at its top level (``"device": "fake"``): nothing in it
-was measured.
+The schema itself (what a point and a report hold as JSON) lives in ``record.py``; this
+module reads and writes files of it. A report of the fake device says so at its top level
+(``"device": "fake"``): nothing in it was measured.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "pytest-greenllm report"
-SCHEMA_VERSION = 1
+from pytest_greenllm.hints import ALLOW_MISMATCH, HintedError
+from pytest_greenllm.record import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    JsonObject,
+    PointRecord,
+    RecordError,
+    Report,
+)
+
 JOURNAL_SCHEMA = "pytest-greenllm journal"
 # Fingerprint fields whose difference changes energy: comparing across them is refused.
 ENERGY_FIELDS = ("device", "gpu_model", "gpu_count", "power_limit_w", "model")
 POINT_FIELDS = (("id", str), ("config", dict), ("repeats", list), ("summary", dict), ("verdicts", dict))
 
 
-class ReportError(ValueError):
+class ReportError(HintedError, ValueError):
     """A report or journal that cannot be used; the message names the file and why."""
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses, tuples, NaN and infinities into what JSON holds (those become null)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def point_record(result: Any, verdicts: Mapping[str, Any]) -> dict[str, Any]:
-    """A PointResult and its verdicts as the report stores them."""
-    point = result.point
-    repeats = [_plain(r) for r in result.repeats]
-    return {
-        "id": point.id,
-        "config": _plain(point),
-        "locked_clock_mhz": result.locked_clock_mhz,
-        "repeats": repeats,
-        "summary": summarise(repeats),
-        "verdicts": _plain(verdicts),
-    }
-
-
-def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means over repeats of the key figures, and the per-repeat lists the gate tests."""
-
-    def mean(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return statistics.fmean(known) if known else None
-
-    metrics = [r["metrics"] for r in repeats]
-    energies = [r["energy"] for r in repeats if r["energy"] is not None]
-    return {
-        "ttft_p99_ms": mean([m["ttft_ms"]["p99"] for m in metrics]),
-        "itl_p99_ms": mean([m["itl_ms"]["p99"] for m in metrics]),
-        "tpot_p99_ms": mean([m["tpot_ms"]["p99"] for m in metrics]),
-        "e2el_p99_ms": mean([m["e2el_ms"]["p99"] for m in metrics]),
-        "output_throughput": mean([m["output_throughput"] for m in metrics]),
-        "request_throughput": mean([m["request_throughput"] for m in metrics]),
-        "j_per_output_token": mean([e["j_per_output_token"] for e in energies]),
-        "avg_power_w": mean([e["avg_power_w"] for e in energies]),
-        "j_per_output_token_repeats": [e["j_per_output_token"] for e in energies],
-        "avg_power_w_repeats": [e["avg_power_w"] for e in energies],
-    }
 
 
 def _version(module: str, distributions: Iterable[str]) -> str | None:
@@ -174,29 +122,36 @@ def fingerprint_differences(
     return energy, other
 
 
-def new_report(
-    device: str,
-    machine: dict[str, Any],
-    git: dict[str, Any] | None,
-    print_: dict[str, Any],
-    settings: dict[str, Any],
-    points: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """A report as the schema lays it out."""
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "machine": machine,
-        "git": git,
-        "fingerprint": print_,
-        "settings": settings,
-        "points": points,
-    }
+class SetupMismatch(ReportError):
+    """Energy measured on another setup: ``differences`` lists what changes energy."""
+
+    def __init__(self, message: str, differences: list[str], allowable: bool) -> None:
+        super().__init__(message, ALLOW_MISMATCH if allowable else None)
+        self.differences = differences
 
 
-def write_atomic(path: Path, data: Any) -> None:
+def check_setup(
+    base: Mapping[str, Any], head: Mapping[str, Any], what: str, *, allow: bool = False,
+    resuming: bool = False,
+) -> list[str]:
+    """The one setup-mismatch rule: energy measured where a field of ``ENERGY_FIELDS``
+    differs is never compared (unless ``allow``) and never resumed into; every difference is
+    returned, to print. ``what`` names the other side in the message."""
+    energy, other = fingerprint_differences(base, head)
+    if energy and resuming:
+        raise SetupMismatch(
+            f"{what}: written on another setup ({'; '.join(energy)}); resuming would mix "
+            "incomparable points", energy, allowable=False,
+        )
+    if energy and not allow:
+        raise SetupMismatch(
+            f"{what} was measured on another setup ({'; '.join(energy)}); comparing energy "
+            "across it means nothing", energy, allowable=True,
+        )
+    return energy + other
+
+
+def write_atomic(path: Path, data: JsonObject) -> None:
     """Write JSON so that a reader never sees half a file: temp file, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, allow_nan=False) + "\n"
@@ -208,7 +163,12 @@ def write_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_report(path: Path) -> dict[str, Any]:
+def write_report(path: Path, report: Report) -> None:
+    """Write ``report`` atomically."""
+    write_atomic(path, report.to_json())
+
+
+def load_report(path: Path) -> Report:
     """Read and check a report; ReportError names the file and what is wrong."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -236,7 +196,10 @@ def load_report(path: Path) -> dict[str, Any]:
     ids = [p["id"] for p in data["points"]]
     if len(set(ids)) != len(ids):
         raise ReportError(f"{path}: two points have the same id")
-    return data
+    try:
+        return Report.from_json(data)
+    except RecordError as e:
+        raise ReportError(f"{path}: {e}") from None
 
 
 class Journal:
@@ -246,7 +209,7 @@ class Journal:
         self.path = path
         self.fingerprint = dict(fingerprint_)
 
-    def read(self) -> dict[str, dict[str, Any]]:
+    def read(self) -> dict[str, PointRecord]:
         """The points already in the journal, by id; a torn last line is ignored."""
         if not self.path.exists():
             return {}
@@ -265,16 +228,11 @@ class Journal:
             or header.get("schema_version") != SCHEMA_VERSION
         ):
             raise ReportError(f"{self.path}: not a pytest-greenllm journal of schema {SCHEMA_VERSION}")
-        energy, _ = fingerprint_differences(header.get("fingerprint", {}), self.fingerprint)
-        if energy:
-            raise ReportError(
-                f"{self.path}: written on another setup ({'; '.join(energy)}); resuming would "
-                "mix incomparable points"
-            )
-        points: dict[str, dict[str, Any]] = {}
+        check_setup(header.get("fingerprint", {}), self.fingerprint, str(self.path), resuming=True)
+        points: dict[str, PointRecord] = {}
         for number, line in enumerate(lines[1:], start=2):
             try:
-                record = json.loads(line)
+                data = json.loads(line)
             except json.JSONDecodeError:
                 if number != len(lines):
                     raise ReportError(f"{self.path}:{number}: not JSON") from None
@@ -282,9 +240,11 @@ class Journal:
                 # appended from now on follow a whole one.
                 self._rewrite(lines[:-1])
                 break
-            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                raise ReportError(f"{self.path}:{number}: not a point record")
-            points[record["id"]] = record
+            try:
+                record = PointRecord.from_json(data)
+            except RecordError as e:
+                raise ReportError(f"{self.path}:{number}: not a point record ({e})") from None
+            points[record.id] = record
         else:
             if not text.endswith("\n"):
                 # Killed after a whole record but before its newline: end the line, or
@@ -297,7 +257,7 @@ class Journal:
         tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         os.replace(tmp, self.path)
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def append(self, record: PointRecord) -> None:
         """Add one finished point, flushed to disk before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -309,6 +269,6 @@ class Journal:
                     "fingerprint": self.fingerprint,
                 }
                 handle.write(json.dumps(header) + "\n")
-            handle.write(json.dumps(record, allow_nan=False) + "\n")
+            handle.write(json.dumps(record.to_json(), allow_nan=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

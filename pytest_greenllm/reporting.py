@@ -1,4 +1,4 @@
-"""Set up a session's reports: machine, git, fingerprint, baseline, journal and resume."""
+"""What every report of a session shares, and where its journal goes."""
 
 from __future__ import annotations
 
@@ -8,19 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_greenllm.config import Settings
-from pytest_greenllm.devices.backend import Backend
-from pytest_greenllm.report import (
-    Journal,
-    ReportError,
-    fingerprint,
-    git_info,
-    machine_info,
-    new_report,
-)
-from pytest_greenllm.results import AUTOSAVE_DIR, Results, load_baseline, write_reports
+from pytest_greenllm.record import PointRecord, Report
+from pytest_greenllm.results import AUTOSAVE_DIR, write_reports
 
 
 @dataclass
@@ -35,9 +25,10 @@ class ReportContext:
     json_path: Path | None
     root: Path
 
-    def write(self, points: list[dict[str, Any]], meter_method: str | None) -> list[Path]:
+    def write(self, points: list[PointRecord], meter_method: str | None) -> list[Path]:
+        """The report of ``points``, where asked and autosaved; returns the paths written."""
         fingerprint = {**self.fingerprint, "meter_method": meter_method}
-        report = new_report(self.device, self.machine, self.git, fingerprint, self.settings, points)
+        report = Report.new(self.device, self.machine, self.git, fingerprint, self.settings, points)
         return write_reports(report, self.json_path, self.root, self.git)
 
 
@@ -66,41 +57,3 @@ def journal_path(settings: Settings, root: Path) -> Path:
         return settings.json_path.with_name(settings.json_path.name + ".journal.jsonl")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return root / AUTOSAVE_DIR / f"journal-{stamp}.jsonl"
-
-
-def prepare_reports(
-    config: pytest.Config, settings: Settings, backend: Backend, allow_mismatch: bool
-) -> tuple[Results, ReportContext, list[str]]:
-    """The session's Results and ReportContext; bad baselines and journals are usage errors."""
-    root = config.rootpath
-    machine = machine_info(backend)
-    git = git_info(root)
-    print_ = fingerprint(backend, machine, settings.model.name, None)
-    journal = Journal(journal_path(settings, root), print_)
-    notes: list[str] = []
-    results = Results(settings, journal, default_slos_apply=bool(backend.gpus))
-    if not backend.gpus and not settings.slos_given:
-        notes.append(
-            "the default SLOs describe GPU serving and are not checked on the CPU; set "
-            "--greenllm-slo to check yours"
-        )
-    try:
-        if settings.resume_path is not None:
-            results.resumed = journal.read()
-            notes.append(
-                f"resuming {settings.resume_path}: {len(results.resumed)} points kept from before"
-            )
-        elif journal.path.exists():
-            # A journal of an earlier run at the same place: start it afresh.
-            journal.path.unlink()
-        if settings.baseline_path is not None:
-            results.baseline, baseline_notes = load_baseline(
-                settings.baseline_path, print_, allow_mismatch
-            )
-            notes.extend(baseline_notes)
-    except (ReportError, ValueError) as e:
-        raise pytest.UsageError(str(e)) from None
-    context = ReportContext(
-        backend.kind, machine, git, print_, settings_record(settings), settings.json_path, root
-    )
-    return results, context, notes

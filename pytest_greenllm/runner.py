@@ -1,54 +1,36 @@
-"""Measure one knob point: the engine run inside an energy window, repeated, as results."""
+"""Measure one knob point: the driver's run inside an energy window, repeated, as results.
+
+It gets what it needs (settings, driver, meter, the point's sources), never the session.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
 
-from pytest_greenllm.engine import EngineCache, EngineFailed, EngineSpec, poisson_arrivals, run_requests, warm_up
+from pytest_greenllm.config import Settings
+from pytest_greenllm.devices.base import EnergySource
+from pytest_greenllm.driver import Driver, EngineFailed, EngineSpec
 from pytest_greenllm.knobs import KnobPoint
-from pytest_greenllm.meter import WindowHandle, WindowResult
+from pytest_greenllm.meter import EnergyMeter, WindowHandle, WindowResult
 from pytest_greenllm.metrics import RunMetrics, energy_between_j, run_metrics
-from pytest_greenllm.workloads import build_requests, request_count
-
-
-@dataclass(frozen=True)
-class EnergyFigures:
-    """What the meter says about one run, per token and per request."""
-
-    method: str  # counter, sampled or mixed
-    energy_j: float  # Units: J.
-    j_per_output_token: float  # Units: J/token.
-    j_per_request: float  # Units: J.
-    avg_power_w: float  # Units: W.
-    peak_power_w: float | None  # Units: W.
-    steady_j_per_token: float | None  # inside the steady state. Units: J/token.
-    energy_above_idle_j: float | None  # Units: J.
-    per_device_j: tuple[tuple[str, float], ...]  # Units: J.
-    imbalance: float | None
-    sm_clock_mhz: tuple[tuple[str, float | None], ...]  # mean observed clock per device
-    clock_strayed: bool
-    short_window: bool
-    warnings: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RepeatResult:
-    """One run of a point."""
-
-    metrics: RunMetrics
-    energy: EnergyFigures | None  # None where no meter measures
-
-
-@dataclass(frozen=True)
-class PointResult:
-    """Every repeat of a point, with the clock it ran at."""
-
-    point: KnobPoint
-    locked_clock_mhz: int | None
-    repeats: tuple[RepeatResult, ...]
+from pytest_greenllm.record import (
+    AVG_POWER,
+    E2EL_P99,
+    J_PER_TOKEN,
+    OUTPUT_THROUGHPUT,
+    REQUEST_THROUGHPUT,
+    TBT_P99,
+    TPOT_P99,
+    TTFT_P99,
+    EnergyFigures,
+    PointRecord,
+    PointResult,
+    RepeatResult,
+)
+from pytest_greenllm.workloads import build_requests, poisson_arrivals, request_count
 
 
 def energy_figures(window: WindowResult, metrics: RunMetrics, run_start_s: float) -> EnergyFigures:
@@ -80,16 +62,20 @@ def energy_figures(window: WindowResult, metrics: RunMetrics, run_start_s: float
 
 
 def measure_point(
-    session: Any,
-    cache: EngineCache,
+    settings: Settings,
+    driver: Driver,
+    meter: EnergyMeter | None,
+    sources: Sequence[EnergySource] | None,
     spec: EngineSpec,
     point: KnobPoint,
     locked_clock_mhz: int | None,
+    sources_note: str | None = None,
 ) -> PointResult:
-    """Warm up, then run the point's workload ``repeats`` times, each in an energy window."""
-    settings = session.settings
-    llm = cache.get(spec)
-    warm_up(llm, f"{point.id}-warm")
+    """Warm up, then run the point's workload ``repeats`` times, each inside an energy window
+    over ``sources`` (every source of ``meter`` if None); no window without a meter.
+    ``sources_note`` says why the sources are more than the point's own, into each repeat's
+    energy warnings."""
+    driver.warm_up(spec, f"{point.id}-warm")
     count = request_count(point.batch, settings.requests)
     requests = build_requests(point.workload, count, settings.seed, settings.trace)
     if point.workload.replay:
@@ -98,45 +84,47 @@ def measure_point(
         arrivals = [0.0] * count
     else:
         arrivals = poisson_arrivals(count, settings.rate, settings.seed)
-    meter = session.meter_or_none()
-    sources = session.point_sources(point) if meter is not None else None
     repeats = []
     for index in range(settings.repeats):
         if meter is not None and settings.cooldown_s > 0:
             meter.cool_down(settings.cooldown_s)
         window = meter.window(locked_clock_mhz, sources) if meter is not None else nullcontext(WindowHandle())
         with window as handle:
-            records = run_requests(llm, requests, arrivals, f"{point.id}-r{index}")
+            records = driver.run(spec, requests, arrivals, f"{point.id}-r{index}")
         metrics = run_metrics(records, point.batch)
         if any(r.output_tokens != spec_r.output_tokens for r, spec_r in zip(records, requests)):
             raise EngineFailed("the engine returned other output lengths than forced")
         energy = None
         if handle.result is not None:
             energy = energy_figures(handle.result, metrics, min(r.send_s for r in records))
+            if sources_note is not None:
+                energy = replace(energy, warnings=(*energy.warnings, sources_note))
         repeats.append(RepeatResult(metrics, energy))
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 
-def result_properties(result: PointResult, record: dict[str, Any]) -> list[tuple[str, object]]:
+PROPERTY_METRICS = (TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT,
+                    J_PER_TOKEN, AVG_POWER)
+
+
+def result_properties(record: PointRecord) -> list[tuple[str, object]]:
     """Key figures as (name, value) pairs for ``user_properties``: means over repeats, and
     the verdicts."""
-    summary, verdicts = record["summary"], record["verdicts"]
     properties: list[tuple[str, object]] = [
-        ("greenllm_point", result.point.id),
-        ("greenllm_clock_mhz", result.locked_clock_mhz),
-        ("greenllm_repeats", len(result.repeats)),
+        ("greenllm_point", record.id),
+        ("greenllm_clock_mhz", record.locked_clock_mhz),
+        ("greenllm_repeats", len(record.repeats)),
     ]
-    for key in (
-        "ttft_p99_ms", "itl_p99_ms", "tpot_p99_ms", "e2el_p99_ms", "output_throughput",
-        "request_throughput", "j_per_output_token", "avg_power_w",
-    ):
-        if summary.get(key) is not None:
-            properties.append((f"greenllm_{key}", round(summary[key], 6)))
-    energy = result.repeats[-1].energy
+    for metric in PROPERTY_METRICS:
+        value = metric.of(record.summary)
+        if value is not None:
+            properties.append((f"greenllm_{metric.key}", round(value, 6)))
+    energy = record.repeats[-1].energy
     if energy is not None:
         properties.append(("greenllm_meter_method", energy.method))
-    properties.append(("greenllm_slo_met", verdicts["slo_met"]))
-    properties.append(("greenllm_goodput_share", round(verdicts["goodput"]["share"], 4)))
-    if verdicts["regressions"]:
-        properties.append(("greenllm_energy_regressed", verdicts["regressed"]))
+    properties.append(("greenllm_slo_met", record.slo_met))
+    if record.verdicts is not None:
+        properties.append(("greenllm_goodput_share", round(record.verdicts.goodput.share, 4)))
+        if record.verdicts.regressions:
+            properties.append(("greenllm_energy_regressed", record.regressed))
     return properties

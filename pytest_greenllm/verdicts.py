@@ -18,7 +18,7 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 SLO_METRICS = ("ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min")
 _UNITS_MS = {"ms": 1.0, "s": 1000.0, "": 1.0}
@@ -101,20 +101,34 @@ class Violation:
         )
 
 
-def slo_violations(summary: Mapping[str, float | None], slo: Slo) -> list[Violation]:
-    """Which limits ``summary`` (metric -> value, latencies in ms; None: not measured) misses."""
+class Figures(Protocol):
+    """What an SLO is checked against (a point's summary); None: not measured."""
+
+    @property
+    def ttft_p99_ms(self) -> float | None: ...
+    @property
+    def itl_p99_ms(self) -> float | None: ...
+    @property
+    def tpot_p99_ms(self) -> float | None: ...
+    @property
+    def e2el_p99_ms(self) -> float | None: ...
+    @property
+    def output_throughput(self) -> float | None: ...
+
+
+def slo_violations(summary: Figures, slo: Slo) -> list[Violation]:
+    """Which limits ``summary`` (latencies in ms, throughput in tokens/s) misses."""
     checks = (
-        ("ttft_p99", "ttft_p99_ms", slo.ttft_p99_ms),
-        ("tbt_p99", "itl_p99_ms", slo.tbt_p99_ms),
-        ("tpot_p99", "tpot_p99_ms", slo.tpot_p99_ms),
-        ("e2el_p99", "e2el_p99_ms", slo.e2el_p99_ms),
+        ("ttft_p99", summary.ttft_p99_ms, slo.ttft_p99_ms),
+        ("tbt_p99", summary.itl_p99_ms, slo.tbt_p99_ms),
+        ("tpot_p99", summary.tpot_p99_ms, slo.tpot_p99_ms),
+        ("e2el_p99", summary.e2el_p99_ms, slo.e2el_p99_ms),
     )
     out = []
-    for name, key, limit in checks:
-        value = summary.get(key)
+    for name, value, limit in checks:
         if limit is not None and value is not None and value > limit:
             out.append(Violation(name, value, limit, "ms"))
-    throughput = summary.get("output_throughput")
+    throughput = summary.output_throughput
     if slo.throughput_min is not None and throughput is not None and throughput < slo.throughput_min:
         out.append(
             Violation("throughput_min", throughput, slo.throughput_min, "tok/s")
@@ -224,19 +238,3 @@ def regression(
         metric, base_mean, head_mean, increase, low, high, tolerance,
         beyond and low > 0, "bootstrap",
     )
-
-
-GATED_METRICS = ("j_per_output_token", "avg_power_w")
-
-
-def energy_regressions(
-    base_summary: Mapping[str, Any], head_summary: Mapping[str, Any], tolerance: float
-) -> list[Regression]:
-    """The regression test of every gated metric both report summaries have repeats of."""
-    out = []
-    for metric in GATED_METRICS:
-        before = base_summary.get(f"{metric}_repeats") or []
-        now = head_summary.get(f"{metric}_repeats") or []
-        if before and now:
-            out.append(regression(metric, before, now, tolerance))
-    return out

@@ -6,8 +6,8 @@ part ``shutdown_llm`` calls (``llm_engine.engine_core.shutdown``). Every running
 gets one new token per step; at most ``max_num_seqs`` run at once, the rest wait in order.
 
 Runs of pytest made by the tests load it through :func:`conftest_source`, which puts this
-directory on ``sys.path`` (it works for in-process and subprocess runs alike) and swaps the
-session's engine build for this fake. The step time comes from the environment so that a
+directory on ``sys.path`` (it works for in-process and subprocess runs alike) and supplies
+the driver through the plugin's ``pytest_greenllm_make_driver`` hook. The step time comes from the environment so that a
 test can slow one run down without rewriting the conftest.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from pytest_greenllm.engine import EngineCache, VllmOfflineDriver
 
 # Seconds per engine step: timings must be non-zero, and a sweep must be slow enough to kill.
 STEP_ENV = "GREENLLM_TEST_FAKE_STEP_S"
@@ -108,26 +108,19 @@ def shutdown_fake(llm: Any) -> None:
     llm.llm_engine.engine_core.shutdown()
 
 
-def install(config: pytest.Config) -> None:
-    """Make the session of ``config`` build fakes instead of vLLM engines."""
-    from pytest_greenllm.session import session_key
-
-    session = config.stash.get(session_key, None)
-    if session is not None:
-        session.engines.build = build_fake
-        session.engines.shutdown = shutdown_fake
+def fake_driver() -> VllmOfflineDriver:
+    """The offline driver, building fakes instead of vLLM engines."""
+    return VllmOfflineDriver(EngineCache(build=build_fake, shutdown=shutdown_fake))
 
 
 def conftest_source() -> str:
-    """A conftest for a pytester directory that installs the fake after the plugin's own
-    ``pytest_configure`` has stashed the session (hence trylast)."""
+    """A conftest for a pytester directory that supplies the fake through the plugin's
+    ``pytest_greenllm_make_driver`` hook."""
     return (
         "import sys\n"
-        "import pytest\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "import fake_engine\n"
         "\n"
-        "@pytest.hookimpl(trylast=True)\n"
-        "def pytest_configure(config):\n"
-        "    fake_engine.install(config)\n"
+        "def pytest_greenllm_make_driver(config, settings):\n"
+        "    return fake_engine.fake_driver()\n"
     )

@@ -4,6 +4,7 @@ checked-in example report and variants of it."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_greenllm.cli import main
+from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.recommend import recommend
+from pytest_greenllm.record import PointRecord, Report, Verdicts, summarise
+from pytest_greenllm.verdicts import Goodput, Violation
+from pytest_greenllm.workloads import Workload
 
 DATA = Path(__file__).parent / "data" / "report-v1.json"
 FAST, SLOW = "32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"
@@ -162,23 +167,30 @@ def test_points_in_one_report_only_are_listed_not_failed(tmp_path: Path, capsys:
     assert "only in head (not compared): 128x8-tp1-b4-1410MHz" in out
 
 
-def point(id_: str, j: float, watts: float, throughput: float, tbt: float, met: bool = True) -> dict[str, Any]:
-    summary = {
-        "j_per_output_token": j, "avg_power_w": watts, "output_throughput": throughput,
-        "ttft_p99_ms": 100.0, "itl_p99_ms": tbt,
-    }
-    return {"id": id_, "config": {}, "repeats": [], "summary": summary, "verdicts": {"slo_met": met}}
+def point(id_: str, j: float, watts: float, throughput: float, tbt: float, met: bool = True) -> PointRecord:
+    summary = dataclasses.replace(
+        summarise(()), j_per_output_token=j, avg_power_w=watts, output_throughput=throughput,
+        ttft_p99_ms=100.0, itl_p99_ms=tbt,
+    )
+    # A point that missed its SLO says so in its verdicts; one that met it has none missed.
+    missed = () if met else (Violation("tbt_p99", tbt, tbt / 2, "ms"),)
+    verdicts = Verdicts(missed, (), Goodput(1, 1, 1.0, None))
+    config = KnobPoint("embedded", 1, 4, Workload("32x8", 32, 8), 1410)
+    return PointRecord(id_, config, 1410, (), summary, verdicts)
 
 
 def recommend_report(device: str = "fake") -> dict[str, Any]:
     report = example()
     report["device"] = device
     report["points"] = [
-        point("eco", 0.2, 300.0, 500.0, 80.0),
-        point("quiet", 0.3, 150.0, 300.0, 60.0),
-        point("fast", 0.4, 500.0, 2000.0, 40.0),
-        # Best on every objective, but it missed its SLO: it must never be picked.
-        point("missed", 0.1, 100.0, 3000.0, 300.0, met=False),
+        p.to_json()
+        for p in (
+            point("eco", 0.2, 300.0, 500.0, 80.0),
+            point("quiet", 0.3, 150.0, 300.0, 60.0),
+            point("fast", 0.4, 500.0, 2000.0, 40.0),
+            # Best on every objective, but it missed its SLO: it must never be picked.
+            point("missed", 0.1, 100.0, 3000.0, 300.0, met=False),
+        )
     ]
     return report
 
@@ -237,10 +249,16 @@ def test_recommend_bad_slo_exits_2(tmp_path: Path, capsys: Capsys, slo: str) -> 
     assert captured.err.count("\n") == 1
 
 
-def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    sa, sb = a["summary"], b["summary"]
-    at_most = sa["j_per_output_token"] <= sb["j_per_output_token"] and sa["itl_p99_ms"] <= sb["itl_p99_ms"]
-    return at_most and (sa["j_per_output_token"], sa["itl_p99_ms"]) != (sb["j_per_output_token"], sb["itl_p99_ms"])
+def _j_tbt(p: PointRecord) -> tuple[float, float]:
+    j, tbt = p.summary.j_per_output_token, p.summary.itl_p99_ms
+    assert j is not None and tbt is not None
+    return j, tbt
+
+
+def dominates(a: PointRecord, b: PointRecord) -> bool:
+    (ja, ta), (jb, tb) = _j_tbt(a), _j_tbt(b)
+    at_most = ja <= jb and ta <= tb
+    return at_most and (ja, ta) != (jb, tb)
 
 
 # Small integer coordinates, so that ties and duplicates are common.
@@ -250,17 +268,17 @@ POINTS = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12), st.booleans(
 @given(POINTS)
 def test_pareto_frontier_of_the_passing_points(coordinates: list[tuple[int, int, bool]]) -> None:
     points = [point(f"p{i}", j / 10, 100.0, 100.0, float(tbt), met) for i, (j, tbt, met) in enumerate(coordinates)]
-    rec = recommend({"device": "nvml", "points": points})
-    passing = [p for p in points if p["verdicts"]["slo_met"]]
-    frontier_ids = [p["id"] for p in rec.frontier]
+    rec = recommend(Report("nvml", {}, None, {}, {}, tuple(points)))
+    passing = [p for p in points if p.slo_met]
+    frontier_ids = [p.id for p in rec.frontier]
     assert len(set(frontier_ids)) == len(frontier_ids)
-    assert {p["id"] for p in rec.passing} == {p["id"] for p in passing}
-    assert set(frontier_ids) <= {p["id"] for p in passing}
+    assert {p.id for p in rec.passing} == {p.id for p in passing}
+    assert set(frontier_ids) <= {p.id for p in passing}
     for f in rec.frontier:
         assert not any(dominates(p, f) for p in passing)
     for p in passing:
-        if p["id"] not in frontier_ids:
-            assert any(dominates(f, p) or f["summary"] == p["summary"] for f in rec.frontier)
-    tbts = [f["summary"]["itl_p99_ms"] for f in rec.frontier]
+        if p.id not in frontier_ids:
+            assert any(dominates(f, p) or f.summary == p.summary for f in rec.frontier)
+    tbts = [_j_tbt(f)[1] for f in rec.frontier]
     assert tbts == sorted(tbts)
     assert bool(rec.frontier) == bool(passing)

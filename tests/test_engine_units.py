@@ -14,23 +14,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytest_greenllm.engine as engine_module
+from pytest_greenllm.driver import EngineFailed, EngineSpec
 from pytest_greenllm.engine import (
     EngineCache,
-    EngineFailed,
-    EngineSpec,
     MemoryCheck,
     cpu_environment,
     cpu_thread_binding,
     engine_kwargs,
-    poisson_arrivals,
 )
 from pytest_greenllm.knobs import EngineConfig, KnobPoint
 from pytest_greenllm.meter import DeviceWindow, WindowResult
 from pytest_greenllm.metrics import RequestRecord, run_metrics
 from pytest_greenllm.model_info import resolve_model
-from pytest_greenllm.report import point_record
-from pytest_greenllm.runner import PointResult, RepeatResult, energy_figures, result_properties
-from pytest_greenllm.workloads import Workload
+from pytest_greenllm.record import PointRecord, PointResult, RepeatResult, Verdicts
+from pytest_greenllm.runner import energy_figures, result_properties
+from pytest_greenllm.verdicts import Goodput, Regression, Violation
+from pytest_greenllm.workloads import Workload, poisson_arrivals
 
 EMBEDDED = resolve_model("embedded")
 HUB = resolve_model("org/some-model")
@@ -300,8 +299,12 @@ def test_result_properties() -> None:
     earlier = RepeatResult(run_metrics(RECORDS[:1], batch=1), None)
     energy = energy_figures(window(DEVICES), metrics, 100.0)
     result = PointResult(point, 1410, (earlier, RepeatResult(metrics, energy)))
-    verdicts = {"slo_met": False, "regressed": True, "regressions": [{}], "goodput": {"share": 2 / 3}}
-    props = dict(result_properties(result, point_record(result, verdicts)))
+    # An SLO missed, an energy regression, and 2 of 3 requests good.
+    regressed = Regression("j_per_output_token", 40.0, 50.0, 0.25, None, None, 0.05, True,
+                           "threshold (single repeat)")
+    verdicts = Verdicts((Violation("tbt_p99", 148.75, 100.0, "ms"),), (regressed,),
+                        Goodput(2, 3, 2.0, None))
+    props = dict(result_properties(PointRecord.of(result, verdicts)))
     # Latencies and throughputs are means over both repeats; energy over the metered one only.
     assert props == {
         "greenllm_point": "S-tp1-b1-1410MHz",
@@ -321,8 +324,8 @@ def test_result_properties() -> None:
         "greenllm_energy_regressed": True,
     }
     unmetered = PointResult(point, None, (earlier,))
-    quiet = {"slo_met": True, "regressed": False, "regressions": [], "goodput": {"share": 1.0}}
-    names = [name for name, _ in result_properties(unmetered, point_record(unmetered, quiet))]
+    quiet = Verdicts((), (), Goodput(1, 1, 4.0, None))
+    names = [name for name, _ in result_properties(PointRecord.of(unmetered, quiet))]
     # No meter: no energy figures; no baseline: no regression verdict to report.
     assert names == [
         f"greenllm_{name}"

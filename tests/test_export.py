@@ -13,7 +13,7 @@ from pytest_greenllm.export import CSV_COLUMNS
 from pytest_greenllm.report import load_report
 
 REPORT = Path(__file__).with_name("data") / "report-v1.json"
-POINTS = [p["id"] for p in load_report(REPORT)["points"]]
+POINTS = [p.id for p in load_report(REPORT).points]
 SMALLER = {"energy per output token": "J/token", "average power": "W", "p99 TTFT": "ms", "p99 TBT": "ms"}
 
 

@@ -190,11 +190,14 @@ def test_refusal_names_the_flag_that_overrides_it(sweep: pytest.Pytester) -> Non
     assert "--greenllm-allow-mismatch" in single_error_line(result)
 
 
-def test_baseline_of_zero_energy_does_not_crash_the_run(sweep: pytest.Pytester) -> None:
+def test_baseline_of_zero_energy_does_not_crash_the_run(
+    sweep: pytest.Pytester, baseline: Path
+) -> None:
+    report = load(baseline)
     zero = {"j_per_output_token_repeats": [0.0], "avg_power_w_repeats": [0.0]}
-    point = {"id": POINTS[0], "config": {}, "repeats": [], "summary": zero, "verdicts": {}}
-    report = {**REPORT_HEAD, "fingerprint": {}, "points": [point]}
-    (sweep.path / "base.json").write_text(json.dumps(report))
+    report["points"] = [{**report["points"][0], "summary": {**report["points"][0]["summary"], **zero}}]
+    report["fingerprint"] = {}
+    baseline.write_text(json.dumps(report))
     result = sweep.runpytest(*KNOBS, "--greenllm-workloads=8:4", "--greenllm-baseline=base.json",
                              "--greenllm-allow-mismatch", "--greenllm-json=head.json")
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)

@@ -16,6 +16,7 @@ from pytest_greenllm.devices import fake_nvml as model
 from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.devices.fake_nvml import IDLE_POWER_W, FakeNvml
 from pytest_greenllm.devices.nvml import NvmlSession
+from pytest_greenllm.options import PYTEST_PREFIX
 from pytest_greenllm.meter import COUNTER, SAMPLED, EnergyMeter, WindowResult
 from pytest_greenllm.meter import reason_names, trapezoid_j
 
@@ -215,6 +216,7 @@ def test_window_keys_must_be_open_once() -> None:
 def test_short_windows_are_flagged_with_what_to_change() -> None:
     clock, _, meter = rig()
     meter.min_window_s = 5.0
+    meter.flag_prefix = PYTEST_PREFIX  # warnings name the options as the plugin spells them
     short, long = measured(meter, clock, 1.0), measured(meter, clock, 5.0)
     assert short.short and not long.short and long.warnings == ()
     [warning] = short.warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import closing
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pytest_greenllm.devices.errors import (
 )
 from pytest_greenllm.devices.fake_nvml import DRIVER_VERSION, GPU_NAME, FakeNvml
 from pytest_greenllm.devices.nvml import NvmlSession
+from pytest_greenllm.options import PYTEST_PREFIX
 
 ASCENDING_CLOCKS = tuple(range(210, 1981, 15))  # NVML lists them descending; we want ascending
 ENV = ("CUDA_VISIBLE_DEVICES", "GREENLLM_FAKE_GPUS", "GREENLLM_FAKE_STATE",
@@ -147,7 +149,7 @@ def test_setters_without_root_say_how_to_go_on() -> None:
     gpu = NvmlSession(FakeNvml(gpus=1, root=False)).gpus[0]
     with pytest.raises(NoPermission) as caught:
         gpu.lock_clocks(1410)
-    message = str(caught.value)
+    message = caught.value.render(PYTEST_PREFIX)
     assert "GPU 0" in message and "run as root" in message
     assert "--greenllm-freqs=default" in message and caught.value.code == 4
     assert isinstance(caught.value.__cause__, pynvml.NVMLError_NoPermission)
@@ -170,8 +172,10 @@ def test_nvml_codes_map_to_our_errors(code: int, kind: type[DeviceError]) -> Non
 
 def test_no_permission_advice_and_other_errors_pass_through() -> None:
     advice = r"run as root.*--greenllm-freqs=default"
-    with pytest.raises(NoPermission, match=advice), nvml_errors(FakeNvml, "lock"):
+    with pytest.raises(NoPermission) as caught, nvml_errors(FakeNvml, "lock"):
         raise pynvml.NVMLError(4)
+    assert re.search(advice, caught.value.render(PYTEST_PREFIX))
+    assert re.search(r"run as root.*--freqs=default", str(caught.value))  # the CLI's spelling
     with pytest.raises(ValueError), nvml_errors(pynvml, "x"):
         raise ValueError("not NVML's")
 

@@ -15,6 +15,7 @@ from pytest_greenllm.devices.base import Reading
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.devices.rapl import find_zones
 from pytest_greenllm.meter import COUNTER, EnergyMeter
+from pytest_greenllm.options import PYTEST_PREFIX
 
 MAX_UJ = 262_143_328_850  # a Xeon's max_energy_range_uj
 
@@ -117,7 +118,7 @@ def test_unreadable_counter_says_how_to_fix_it(
     for attempt in (zone.energy_mj, lambda: find_zones(tmp_path)):
         with pytest.raises(NoPermission) as raised:
             attempt()
-        message = str(raised.value)
+        message = raised.value.render(PYTEST_PREFIX)
         assert str(path / "energy_uj") in message
         assert "run as root" in message and "chmod o+r" in message
         assert "--greenllm-device=none" in message

@@ -3,8 +3,10 @@ journals, fingerprints and the per-point summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,15 @@ import pytest
 
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics, Stat, SteadyState
-from pytest_greenllm.report import (
-    ENERGY_FIELDS, Journal, ReportError, fingerprint_differences, load_report, new_report,
-    point_record, summarise, write_atomic,
+from pytest_greenllm.record import (
+    SCHEMA_VERSION, EnergyFigures, JsonObject, PointRecord, PointResult, RepeatResult, Report,
+    Verdicts, summarise,
 )
-from pytest_greenllm.runner import EnergyFigures, PointResult, RepeatResult
-from pytest_greenllm.verdicts import Violation
+from pytest_greenllm.report import (
+    ENERGY_FIELDS, Journal, ReportError, fingerprint_differences, load_report, write_atomic,
+    write_report,
+)
+from pytest_greenllm.verdicts import Goodput, Regression, Violation
 from pytest_greenllm.workloads import Workload
 
 DATA = Path(__file__).parent / "data" / "report-v1.json"
@@ -59,22 +64,39 @@ def result(*repeats: RepeatResult, batch: int = 4) -> PointResult:
     return PointResult(point, 1410, repeats)
 
 
-def report(points: list[dict[str, Any]]) -> dict[str, Any]:
-    machine = {"gpus": [], "driver": "580.95.05", "cpu": "x86_64"}
-    return new_report("fake", machine, None, FINGERPRINT, {"seed": 0, "repeats": 2}, points)
+def report(points: Iterable[PointRecord]) -> Report:
+    machine: dict[str, Any] = {"gpus": [], "driver": "580.95.05", "cpu": "x86_64"}
+    return Report.new("fake", machine, None, FINGERPRINT, {"seed": 0, "repeats": 2}, points)
+
+
+def report_json(points: list[JsonObject]) -> JsonObject:
+    """A report as stored, with ``points`` as given (possibly malformed)."""
+    return {**report([]).to_json(), "points": points}
+
+
+def point_named(point_id: str, itl_p99: float = 20.0, watts: float = 100.0) -> PointRecord:
+    """A whole measured point, renamed: what the journal stores."""
+    measured = PointRecord.of(result(RepeatResult(run(itl_p99), energy(0.5, watts))))
+    return dataclasses.replace(measured, id=point_id)
+
+
+def as_json(points: dict[str, PointRecord]) -> dict[str, JsonObject]:
+    # Compared as stored: a record holds NaN (TPOT of one-token outputs), and NaN != NaN.
+    return {point_id: p.to_json() for point_id, p in points.items()}
 
 
 def test_report_round_trips_through_write_atomic_and_load_report(tmp_path: Path) -> None:
     point = result(RepeatResult(run(20.0), energy(0.5, 100.0)), RepeatResult(run(40.0), None))
     violation = Violation("tbt_p99", 40.0, 30.0, "ms")
-    record = point_record(point, {"slo_met": False, "slo_violations": [violation]})
+    verdicts = Verdicts((violation,), (), Goodput(2, 3, 4.0, 0.75))
+    record = PointRecord.of(point, verdicts)
     original = report([record])
     path = tmp_path / "sub" / "report.json"
-    write_atomic(path, original)
-    assert load_report(path) == original
-    assert record["id"] == "32x8-tp1-b4-1410MHz"
-    assert record["config"]["workload"] == {"name": "32x8", "input_tokens": 32, "output_tokens": 8, "replay": False}
-    assert record["verdicts"]["slo_violations"] == [{"metric": "tbt_p99", "measured": 40.0, "limit": 30.0, "unit": "ms"}]
+    write_report(path, original)
+    assert load_report(path).to_json() == original.to_json()
+    assert record.id == "32x8-tp1-b4-1410MHz"
+    assert record.to_json()["config"]["workload"] == {"name": "32x8", "input_tokens": 32, "output_tokens": 8, "replay": False}
+    assert record.to_json()["verdicts"]["slo_violations"] == [{"metric": "tbt_p99", "measured": 40.0, "limit": 30.0, "unit": "ms"}]
     # JSON has no NaN: an undefined statistic must be written as null, not as NaN.
     stored = json.loads(path.read_text())["points"][0]
     assert stored["repeats"][0]["metrics"]["tpot_ms"] == dict.fromkeys(("mean", "p50", "p90", "p99"))
@@ -84,13 +106,13 @@ def test_report_round_trips_through_write_atomic_and_load_report(tmp_path: Path)
 
 def test_write_atomic_refuses_nan_and_leaves_no_temp_file(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
-    write_atomic(path, report([]))
-    write_atomic(path, report([]))
+    write_atomic(path, report([]).to_json())
+    write_report(path, report([]))
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
     with pytest.raises(ValueError):
         write_atomic(path, {"bad": NAN})
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
-    assert load_report(path)["points"] == []
+    assert load_report(path).points == ()
 
 
 def _write(path: Path, data: Any) -> Path:
@@ -98,11 +120,11 @@ def _write(path: Path, data: Any) -> Path:
     return path
 
 
-FULL_POINT: dict[str, Any] = {"id": "a", "config": {}, "repeats": [], "summary": {}, "verdicts": {}}
+FULL_POINT: JsonObject = point_named("a").to_json()
 
 
-def _without(key: str) -> dict[str, Any]:
-    data = report([])
+def _without(key: str) -> JsonObject:
+    data = report([]).to_json()
     del data[key]
     return data
 
@@ -114,13 +136,13 @@ def _without(key: str) -> dict[str, Any]:
         ('{"schema": ', "not JSON"),
         ("[1, 2]", "not a pytest-greenllm report"),
         ({"schema": "something else", "schema_version": 1}, "not a pytest-greenllm report"),
-        ({**report([]), "schema_version": 2}, "schema_version 2, this pytest-greenllm reads 1"),
+        ({**report([]).to_json(), "schema_version": 2}, "schema_version 2, this pytest-greenllm reads 1"),
         (_without("fingerprint"), "the report has no 'fingerprint'"),
         (_without("points"), "the report has no 'points'"),
         (_without("device"), "the report has no 'device'"),
-        (report([FULL_POINT, FULL_POINT]), "two points have the same id"),
-        (report([FULL_POINT, {**FULL_POINT, "id": None}]), "point 1 lacks id"),
-        (report([{**FULL_POINT, "summary": None}]), "point 0 lacks summary"),
+        (report_json([FULL_POINT, FULL_POINT]), "two points have the same id"),
+        (report_json([FULL_POINT, {**FULL_POINT, "id": None}]), "point 1 lacks id"),
+        (report_json([{**FULL_POINT, "summary": None}]), "point 0 lacks summary"),
     ],
     ids=["missing", "not-json", "a-list", "other-schema", "version-2", "no-fingerprint",
          "no-points", "no-device", "duplicate-id", "no-id", "no-summary"],
@@ -136,25 +158,52 @@ def test_load_report_errors_name_the_file(tmp_path: Path, content: Any, message:
 
 
 def test_load_report_refuses_points_that_are_not_a_list(tmp_path: Path) -> None:
-    path = _write(tmp_path / "report.json", {**report([]), "points": 3})
+    path = _write(tmp_path / "report.json", {**report([]).to_json(), "points": 3})
     with pytest.raises(ReportError, match="points"):
         load_report(path)
 
 
 def test_checked_in_example_of_schema_1_loads() -> None:
     data = load_report(DATA)
-    assert data["schema_version"] == 1 and data["device"] == "fake"
-    assert [p["id"] for p in data["points"]] == ["32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"]
+    assert data.to_json()["schema_version"] == 1 and data.device == "fake"
+    assert [p.id for p in data.points] == ["32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"]
     # The plugin wrote each summary with summarise: a changed summarise would be caught here.
-    for point in data["points"]:
-        assert summarise(point["repeats"]) == point["summary"]
+    for point in data.points:
+        assert summarise(point.repeats) == point.summary
+
+
+def test_checked_in_example_reads_back_to_the_same_json() -> None:
+    stored = json.loads(DATA.read_text())
+    assert stored["schema_version"] == SCHEMA_VERSION
+    assert Report.from_json(stored).to_json() == stored
+
+
+def test_point_record_round_trips_through_json() -> None:
+    # NaN-free, so that the records compare equal: TPOT defined, every figure finite.
+    metrics = dataclasses.replace(
+        run(20.0), tpot_ms=Stat(30.0, 28.0, 35.0, 40.0), request_tpot_ms=(30.0, 31.0, 32.0)
+    )
+    regression = Regression("j_per_output_token", 0.5, 0.6, 0.2, 0.1, 0.3, 0.05, True, "bootstrap")
+    verdicts = Verdicts(
+        (Violation("tbt_p99", 40.0, 30.0, "ms"),), (regression,), Goodput(2, 3, 4.0, 0.75)
+    )
+    original = PointRecord.of(
+        result(RepeatResult(metrics, energy(0.5, 100.0)), RepeatResult(metrics, None)), verdicts
+    )
+    assert PointRecord.from_json(original.to_json()) == original
+    assert PointRecord.from_json(json.loads(json.dumps(original.to_json()))) == original
+    unjudged = dataclasses.replace(original, verdicts=None)
+    assert unjudged.to_json()["verdicts"] == {}
+    assert PointRecord.from_json(unjudged.to_json()) == unjudged
 
 
 def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     repeats = tuple(RepeatResult(run(float(i), requests=300), energy(0.5, 100.0)) for i in range(1, 4))
-    big = report([{**point_record(result(*repeats, batch=b), {}), "id": f"p{b}"} for b in range(10)])
-    small = report([])
+    big = report(
+        [dataclasses.replace(PointRecord.of(result(*repeats, batch=b)), id=f"p{b}") for b in range(10)]
+    ).to_json()
+    small = report([]).to_json()
     write_atomic(path, small)
     done = threading.Event()
     failures: list[BaseException] = []
@@ -172,7 +221,7 @@ def test_a_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     thread.start()
     reads = 0
     while not done.is_set() or reads == 0:
-        assert len(load_report(path)["points"]) in (0, 10)
+        assert len(load_report(path).points) in (0, 10)
         reads += 1
     thread.join()
     assert not failures
@@ -187,60 +236,79 @@ def test_journal_appends_and_reads_back_with_a_header(tmp_path: Path) -> None:
     path = tmp_path / "j" / "report.json.journal.jsonl"
     journal = _journal(path)
     assert journal.read() == {}
-    journal.append({"id": "a", "x": 1})
-    journal.append({"id": "b", "x": 2})
-    journal.append({"id": "a", "x": 3})  # a re-measured point: the later one wins
+    a1, b, a3 = point_named("a", 10.0), point_named("b", 20.0), point_named("a", 30.0)
+    journal.append(a1)
+    journal.append(b)
+    journal.append(a3)  # a re-measured point: the later one wins
     header = json.loads(path.read_text().splitlines()[0])
     assert header == {"schema": "pytest-greenllm journal", "schema_version": 1, "fingerprint": FINGERPRINT}
-    assert _journal(path).read() == {"a": {"id": "a", "x": 3}, "b": {"id": "b", "x": 2}}
+    points = _journal(path).read()
+    assert as_json(points) == {"a": a3.to_json(), "b": b.to_json()}
+    assert points["a"].summary.itl_p99_ms == 30.0 and points["b"].summary.itl_p99_ms == 20.0
 
 
 @pytest.mark.parametrize("cut", [1, 9, -1])
 def test_torn_last_line_is_dropped_and_the_file_repaired(tmp_path: Path, cut: int) -> None:
     path = tmp_path / "journal.jsonl"
     journal = _journal(path)
-    journal.append({"id": "a"})
-    whole = json.dumps({"id": "b", "summary": {"j": 0.5}})
+    a, c = point_named("a"), point_named("c", 30.0)
+    journal.append(a)
+    whole = json.dumps(point_named("b").to_json())
     with path.open("a") as handle:  # killed after writing part of the line
         handle.write(whole[:cut])
-    assert _journal(path).read() == {"a": {"id": "a"}}
-    assert path.read_text().endswith('{"id": "a"}\n')
-    journal.append({"id": "c"})
-    assert _journal(path).read() == {"a": {"id": "a"}, "c": {"id": "c"}}
+    assert as_json(_journal(path).read()) == {"a": a.to_json()}
+    assert path.read_text().endswith(json.dumps(a.to_json()) + "\n")
+    journal.append(c)
+    assert as_json(_journal(path).read()) == {"a": a.to_json(), "c": c.to_json()}
 
 
 def test_record_killed_before_its_newline_does_not_swallow_the_next(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     journal = _journal(path)
-    journal.append({"id": "a"})
+    journal.append(point_named("a"))
     with path.open("a") as handle:
-        handle.write(json.dumps({"id": "b"}))
+        handle.write(json.dumps(point_named("b").to_json()))
     journal.read()  # the resumed session reads, then appends
-    journal.append({"id": "c"})
+    journal.append(point_named("c"))
     assert "c" in _journal(path).read()
 
 
 def test_torn_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     journal = _journal(path)
-    journal.append({"id": "a"})
+    journal.append(point_named("a"))
     with path.open("a") as handle:
         handle.write('{"id": "b", "su\n')
-    journal.append({"id": "c"})
+    journal.append(point_named("c"))
     with pytest.raises(ReportError) as info:
         journal.read()
     assert str(info.value) == f"{path}:3: not JSON"
 
 
+def test_line_that_is_no_point_record_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _journal(path)
+    journal.append(point_named("a"))
+    with path.open("a") as handle:
+        handle.write(json.dumps({**point_named("b").to_json(), "config": {}}) + "\n")
+    journal.append(point_named("c"))
+    with pytest.raises(ReportError) as info:
+        journal.read()
+    assert str(info.value).startswith(f"{path}:3: not a point record (")
+    assert "config" in str(info.value)
+
+
 @pytest.mark.parametrize("field", ENERGY_FIELDS)
 def test_journal_of_another_setup_is_refused(tmp_path: Path, field: str) -> None:
     path = tmp_path / "journal.jsonl"
-    _journal(path).append({"id": "a"})
+    a = point_named("a")
+    _journal(path).append(a)
     other = {**FINGERPRINT, field: "changed"}
     with pytest.raises(ReportError, match=f"another setup \\({field}: "):
         _journal(path, other).read()
     # Fields that do not change energy do not block a resume.
-    assert _journal(path, {**FINGERPRINT, "driver": "999", "meter_method": None}).read() == {"a": {"id": "a"}}
+    resumed = _journal(path, {**FINGERPRINT, "driver": "999", "meter_method": None}).read()
+    assert as_json(resumed) == {"a": a.to_json()}
 
 
 @pytest.mark.parametrize(
@@ -249,7 +317,7 @@ def test_journal_of_another_setup_is_refused(tmp_path: Path, field: str) -> None
         '{"id": "a"}\n',
         "not json\n",
         '{"schema": "pytest-greenllm journal", "schema_version": 2}\n{"id": "a"}\n',
-        json.dumps(report([]), indent=1),  # the report beside it, passed by mistake
+        json.dumps(report([]).to_json(), indent=1),  # the report beside it, passed by mistake
     ],
     ids=["no-header", "text", "version-2", "report"],
 )
@@ -294,15 +362,15 @@ def test_fingerprint_differences_split_energy_fields_from_others() -> None:
 def test_summarise_means_over_repeats_and_keeps_the_repeat_lists() -> None:
     # The third repeat was not metered: energy means are over the first two only.
     repeats = (RepeatResult(run(20.0), energy(0.5, 100.0)), RepeatResult(run(40.0), energy(0.7, 140.0)))
-    record = point_record(result(*repeats, RepeatResult(run(60.0), None)), {})
-    summary = summarise(record["repeats"])
-    assert summary == record["summary"]
-    assert summary["itl_p99_ms"] == pytest.approx(40.0)
-    assert summary["ttft_p99_ms"] == 150.0 and summary["output_throughput"] == 6.0
-    assert (summary["j_per_output_token"], summary["avg_power_w"]) == pytest.approx((0.6, 120.0))
-    assert summary["j_per_output_token_repeats"] == [0.5, 0.7]
-    assert summary["avg_power_w_repeats"] == [100.0, 140.0]
-    assert summary["tpot_p99_ms"] is None
-    unmetered = point_record(result(RepeatResult(run(20.0), None)), {})["summary"]
-    assert unmetered["j_per_output_token"] is None is unmetered["avg_power_w"]
-    assert unmetered["j_per_output_token_repeats"] == [] == unmetered["avg_power_w_repeats"]
+    record = PointRecord.of(result(*repeats, RepeatResult(run(60.0), None)))
+    summary = summarise(record.repeats)
+    assert summary == record.summary
+    assert summary.itl_p99_ms == pytest.approx(40.0)
+    assert summary.ttft_p99_ms == 150.0 and summary.output_throughput == 6.0
+    assert (summary.j_per_output_token, summary.avg_power_w) == pytest.approx((0.6, 120.0))
+    assert summary.j_per_output_token_repeats == (0.5, 0.7)
+    assert summary.avg_power_w_repeats == (100.0, 140.0)
+    assert summary.tpot_p99_ms is None
+    unmetered = PointRecord.of(result(RepeatResult(run(20.0), None))).summary
+    assert unmetered.j_per_output_token is None is unmetered.avg_power_w
+    assert unmetered.j_per_output_token_repeats == () == unmetered.avg_power_w_repeats

@@ -3,9 +3,11 @@ whose noise comes from the fake NVML's power readings rather than from a formula
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_greenllm.devices.fake_nvml import FakeNvml
+from pytest_greenllm.record import Summary, energy_regressions, summarise
 from pytest_greenllm.verdicts import (
-    DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, bootstrap_increase,
-    energy_regressions, goodput, parse_slo, regression, slo_violations,
+    DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, bootstrap_increase, goodput, parse_slo,
+    regression, slo_violations,
 )
 
 TOLERANCE = 0.05  # the plugin's default --greenllm-energy-tolerance
@@ -75,10 +78,21 @@ def test_defaults_follow_the_papers_interactive_setting() -> None:
 
 
 # --- slo_violations -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Figures:
+    """The figures an SLO is checked against; None: not measured."""
+
+    ttft_p99_ms: float | None = None
+    itl_p99_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    e2el_p99_ms: float | None = None
+    output_throughput: float | None = None
+
+
 LIMITS = Slo(ttft_p99_ms=2000.0, tbt_p99_ms=200.0, tpot_p99_ms=50.0, e2el_p99_ms=8000.0,
              throughput_min=50.0)
-WITHIN = {"ttft_p99_ms": 2000.0, "itl_p99_ms": 200.0, "tpot_p99_ms": 50.0,
-          "e2el_p99_ms": 8000.0, "output_throughput": 50.0}  # on every limit: still met
+WITHIN = Figures(ttft_p99_ms=2000.0, itl_p99_ms=200.0, tpot_p99_ms=50.0,
+                 e2el_p99_ms=8000.0, output_throughput=50.0)  # on every limit: still met
 
 
 @pytest.mark.parametrize(("metric", "key", "value", "text"), [
@@ -91,16 +105,16 @@ WITHIN = {"ttft_p99_ms": 2000.0, "itl_p99_ms": 200.0, "tpot_p99_ms": 50.0,
 def test_each_missed_limit_is_one_line_naming_it(metric: str, key: str, value: float,
                                                  text: str) -> None:
     assert slo_violations(WITHIN, LIMITS) == []
-    (violation,) = slo_violations({**WITHIN, key: value}, LIMITS)
+    (violation,) = slo_violations(dataclasses.replace(WITHIN, **{key: value}), LIMITS)
     assert violation.metric == metric and violation.measured == value
     assert violation.message("S-tp1-b8-1410MHz") == f"SLO missed at S-tp1-b8-1410MHz: {text}"
 
 
 def test_unmeasured_values_and_absent_limits_are_not_checked() -> None:
-    awful = {"ttft_p99_ms": 1e9, "itl_p99_ms": 1e9, "tpot_p99_ms": 1e9, "e2el_p99_ms": 1e9,
-             "output_throughput": 0.0}
-    assert slo_violations(dict.fromkeys(WITHIN), LIMITS) == []
-    assert slo_violations({}, LIMITS) == []
+    awful = Figures(ttft_p99_ms=1e9, itl_p99_ms=1e9, tpot_p99_ms=1e9, e2el_p99_ms=1e9,
+                    output_throughput=0.0)
+    assert slo_violations(Figures(), LIMITS) == []
+    assert slo_violations(summarise(()), LIMITS) == []  # a point with nothing measured
     assert slo_violations(awful, Slo()) == []
     assert [v.metric for v in slo_violations(awful, LIMITS)] == [
         "ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min"]
@@ -294,13 +308,22 @@ def test_regression_message_names_metric_means_percent_tolerance(
 
 
 # --- energy_regressions -------------------------------------------------------------------
+def repeats(j_per_token: list[float | None], watts: list[float | None]) -> Summary:
+    """A summary holding only the per-repeat lists the gate tests."""
+    return dataclasses.replace(
+        summarise(()), j_per_output_token_repeats=tuple(j_per_token),
+        avg_power_w_repeats=tuple(watts),
+    )
+
+
 def test_energy_regressions_compares_only_metrics_both_have() -> None:
-    base = {"j_per_output_token_repeats": [0.5] * 3, "avg_power_w_repeats": [300.0] * 3}
-    head: dict[str, Any] = {"j_per_output_token_repeats": [0.6] * 3, "avg_power_w_repeats": []}
+    base = repeats([0.5] * 3, [300.0] * 3)
+    head = repeats([0.6] * 3, [])
     (verdict,) = energy_regressions(base, head, TOLERANCE)
     assert verdict.metric == "j_per_output_token" and verdict.regressed
     assert [v.metric for v in energy_regressions(head, base, TOLERANCE)] == ["j_per_output_token"]
-    assert energy_regressions({}, base, TOLERANCE) == []
-    both = energy_regressions(base, {**head, "avg_power_w_repeats": [330.0] * 3}, TOLERANCE)
+    assert energy_regressions(summarise(()), base, TOLERANCE) == []
+    both = energy_regressions(base, dataclasses.replace(head, avg_power_w_repeats=(330.0,) * 3),
+                              TOLERANCE)
     assert [(v.metric, v.regressed) for v in both] == [("j_per_output_token", True),
                                                         ("avg_power_w", True)]

@@ -11,15 +11,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, DeviceUnavailable
-from pytest_greenllm.devices.fake_nvml import FakeNvml, cpu_busy_fraction
+from pytest_greenllm.hints import Hint
 from pytest_greenllm.devices.guard import ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlGpu, NvmlSession, load_pynvml
 from pytest_greenllm.devices.rapl import POWERCAP, find_zones
 
-# Test switches of --greenllm-device=fake, documented in README ("The fake device").
+if TYPE_CHECKING:
+    from pytest_greenllm.devices.fake_nvml import FakeNvml
+
+# Test switches of the fake device, documented in README ("The fake device").
 FAKE_GPUS_ENV = "GREENLLM_FAKE_GPUS"
 FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"  # a file that keeps locked clocks across processes
 FAKE_POWER_SCALE_ENV = "GREENLLM_FAKE_POWER_SCALE"  # 1.1 injects a 10% power regression
@@ -28,13 +32,15 @@ FAKE_LOAD_ENV = "GREENLLM_FAKE_LOAD"  # a constant load 0..1 instead of this mac
 NO_METER = (
     "no energy meter here (device=none): install the NVIDIA driver and nvidia-ml-py for "
     "GPUs, or make RAPL readable (/sys/class/powercap/intel-rapl:*/energy_uj, root) for "
-    "CPUs; --greenllm-device=fake tries the plugin with a simulated GPU"
+    "CPUs"
 )
+TRY_FAKE = Hint("device", "fake", "; {flag} tries the plugin with a simulated GPU")
 
 
 @dataclass
-class Backend:
-    """An opened device: what it can do, its GPUs and energy sources, its clock guard."""
+class DeviceBackend:
+    """A :class:`~pytest_greenllm.devices.base.Backend` of this package: NVML, the fake NVML,
+    RAPL or none."""
 
     kind: str  # nvml, fake, rapl or none
     capabilities: Capabilities
@@ -44,6 +50,10 @@ class Backend:
     guard: ClockGuard | None = None
     driver_version: str | None = None
     notes: list[str] = field(default_factory=list)  # what opening it did, to print
+
+    def point_sources(self, tp: int) -> list[EnergySource]:
+        """CUDA's first ``tp`` GPUs; RAPL's packages, which vLLM's CPU engine runs on."""
+        return list(self.gpus[:tp]) if self.gpus else list(self.sources)
 
     def close(self) -> None:
         """Put clocks back and shut NVML down."""
@@ -65,13 +75,13 @@ def cpu_capabilities(kind: str) -> Capabilities:
     return Capabilities(kind, "CPU", len(os.sched_getaffinity(0)), "CPU cores", ())
 
 
-def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> Backend:
+def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> DeviceBackend:
     gpus = session.gpus
     if not gpus:
         session.close()
         raise DeviceUnavailable(
-            "NVML answers but CUDA_VISIBLE_DEVICES leaves no GPU visible; "
-            "check the variable or use --greenllm-device=none"
+            "NVML answers but CUDA_VISIBLE_DEVICES leaves no GPU visible; check the variable",
+            hint=Hint("device", "none", " or use {flag}"),
         )
     # Sweep only clocks every GPU of the engine supports.
     common = set(gpus[0].info.supported_clocks_mhz)
@@ -84,7 +94,7 @@ def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> Backend:
     except DeviceError:
         session.close()
         raise
-    return Backend(
+    return DeviceBackend(
         kind, caps, list(gpus), list(gpus), session, guard, session.driver_version, notes
     )
 
@@ -101,7 +111,10 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float
 
 
 def fake_nvml_from_env() -> FakeNvml:
-    """The fake NVML of ``--greenllm-device=fake``; its load follows this machine's CPU use."""
+    """The fake NVML of the fake device; its load follows this machine's CPU use."""
+    load_pynvml()  # the fake raises pynvml's own errors: without it, say what to install
+    from pytest_greenllm.devices.fake_nvml import FakeNvml, cpu_busy_fraction
+
     state = os.environ.get(FAKE_STATE_ENV)
     if os.environ.get(FAKE_LOAD_ENV):
         constant = _env_number(FAKE_LOAD_ENV, "1", float)
@@ -128,27 +141,27 @@ def fake_nvml_from_env() -> FakeNvml:
     return fake
 
 
-def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = POWERCAP) -> Backend:
+def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = POWERCAP) -> DeviceBackend:
     """Open ``kind`` (auto, nvml, rapl, fake, none); DeviceUnavailable says why not."""
     state_path = state_path or default_state_path()
     if kind == "fake":
         return _gpu_backend("fake", NvmlSession(fake_nvml_from_env()), state_path)
     if kind == "none":
-        return Backend("none", cpu_capabilities("none"))
+        return DeviceBackend("none", cpu_capabilities("none"))
     errors: list[str] = []
     if kind in ("nvml", "auto"):
         try:
             return _gpu_backend("nvml", NvmlSession(load_pynvml()), state_path)
         except DeviceError as e:
             if kind == "nvml":
-                raise DeviceUnavailable(str(e)) from e
+                raise DeviceUnavailable(e.message, e.code, e.hint) from e
             errors.append(f"NVML: {e}")
     if kind in ("rapl", "auto"):
         try:
             zones = find_zones(rapl_root)
-            return Backend("rapl", cpu_capabilities("rapl"), sources=list(zones))
+            return DeviceBackend("rapl", cpu_capabilities("rapl"), sources=list(zones))
         except DeviceError as e:
             if kind == "rapl":
-                raise DeviceUnavailable(str(e)) from e
+                raise DeviceUnavailable(e.message, e.code, e.hint) from e
             errors.append(f"RAPL: {e}")
-    return Backend("none", cpu_capabilities("none"), notes=[f"auto found no meter ({'; '.join(errors)})"])
+    return DeviceBackend("none", cpu_capabilities("none"), notes=[f"auto found no meter ({'; '.join(errors)})"])

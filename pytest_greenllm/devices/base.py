@@ -1,10 +1,16 @@
-"""What the knob matrix asks of a device before any test runs."""
+"""The device seam: what the matrix, the meter, the clock guard and the reports ask of a device.
+
+``EnergySource`` is anything the meter reads, ``Gpu`` a source whose clocks and power limit
+can be changed, and ``Backend`` an opened device kind. NVML, RAPL, the fake and none are
+implemented in this package (``backend.py``); a third-party backend (DCGM, a PDU, a board
+meter) arrives through the ``pytest_greenllm_make_backend`` hook.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 DEVICE_KINDS = ("auto", "nvml", "rapl", "fake", "none")
 
@@ -51,3 +57,95 @@ class EnergySource(Protocol):
 def nearest_clock(supported_mhz: Sequence[int], mhz: int) -> int:
     """The supported clock nearest ``mhz``, the lower one on a tie. Units: MHz."""
     return min(supported_mhz, key=lambda c: (abs(c - mhz), c))
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What does not change while a session runs."""
+
+    index: int  # NVML's index, which CUDA_VISIBLE_DEVICES refers to
+    name: str
+    uuid: str
+    supported_clocks_mhz: tuple[int, ...]  # ascending, for the current memory clock. Units: MHz.
+    power_limit_mw: int  # Units: mW.
+    power_limit_range_mw: tuple[int, int]  # Units: mW.
+
+
+class Gpu(EnergySource, Protocol):
+    """A GPU: an energy source whose SM clock and power limit can be changed (as root)."""
+
+    @property
+    def index(self) -> int:
+        """The index CUDA_VISIBLE_DEVICES refers to."""
+
+    @property
+    def info(self) -> GpuInfo:
+        """Name, UUID, supported clocks and power limits, read when opened."""
+
+    def power_limit_mw(self) -> int:
+        """The power limit now. Units: mW."""
+
+    def lock_clocks(self, mhz: int) -> None:
+        """Lock the SM clock at ``mhz``. Units: MHz."""
+
+    def reset_clocks(self) -> None:
+        """Give the clocks back to the driver."""
+
+    def set_power_limit_mw(self, limit_mw: int) -> None:
+        """Set the power limit. Units: mW."""
+
+
+class ClockControl(Protocol):
+    """Changes clocks and power limits and always puts them back (``guard.ClockGuard``)."""
+
+    def install(self) -> None:
+        """Restore on SIGINT, SIGTERM and exit from now on."""
+
+    def lock_clocks(self, gpus: Sequence[Gpu], mhz: int) -> tuple[int, list[str]]:
+        """Lock ``gpus`` at the supported clock nearest ``mhz``; returns it and notes."""
+
+    def set_power_limit(self, gpus: Sequence[Gpu], limit_mw: int) -> None:
+        """Set the power limit of ``gpus``. Units: mW."""
+
+    def restore(self, clocks_only: bool = False) -> list[str]:
+        """Put back what was changed (only the clocks if asked); returns what was done."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An opened device: what it can do, what it measures, what it can change."""
+
+    @property
+    def kind(self) -> str:
+        """nvml, rapl, fake, none, or a plugin backend's own name; reports keep it."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the knob matrix is checked against."""
+
+    @property
+    def gpus(self) -> Sequence[Gpu]:
+        """GPUs in CUDA's order (those CUDA_VISIBLE_DEVICES leaves visible); may be empty."""
+
+    @property
+    def sources(self) -> Sequence[EnergySource]:
+        """Everything it can measure; empty: no energy meter."""
+
+    @property
+    def guard(self) -> ClockControl | None:
+        """What locks clocks and power limits; None where they cannot be changed."""
+
+    @property
+    def driver_version(self) -> str | None:
+        """The accelerator driver's version, for the fingerprint."""
+
+    @property
+    def notes(self) -> list[str]:
+        """What opening it did, for the session header."""
+
+    def point_sources(self, tp: int) -> Sequence[EnergySource] | None:
+        """The sources an engine of ``tp`` parallel units runs on; None where that cannot be
+        known (the point then measures every source and says so)."""
+
+    def close(self) -> None:
+        """Put back what was changed and release the device."""

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pytest_greenllm.hints import LEAVE_CLOCKS, Hint, HintedError
+
 # NVML return codes (nvml.h), as pynvml names them NVML_ERROR_*.
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
@@ -18,17 +20,15 @@ NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 
-HOW_TO_LOCK = (
-    "run as root (clock locking needs it) with persistence mode on (`nvidia-smi -pm 1`), "
-    "or pass --greenllm-freqs=default to leave the clocks alone"
-)
+HOW_TO_LOCK = "run as root (clock locking needs it) with persistence mode on (`nvidia-smi -pm 1`)"
+USE_OTHER_DEVICE = Hint("device", "rapl|none", ", or use {flag}")
 
 
-class DeviceError(Exception):
+class DeviceError(HintedError):
     """A device call failed; ``code`` is the NVML return code where there is one."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, code: int | None = None, hint: Hint | None = None) -> None:
+        super().__init__(message, hint)
         self.code = code
 
 
@@ -61,11 +61,11 @@ _BY_CODE: dict[int, type[DeviceError]] = {
     NVML_ERROR_LIB_RM_VERSION_MISMATCH: DriverUnavailable,
 }
 
-_ADVICE: dict[type[DeviceError], str] = {
-    NoPermission: HOW_TO_LOCK,
-    NotSupported: "this GPU or driver does not offer it",
-    DeviceLost: "the GPU needs a reset (`nvidia-smi -r`) or a reboot",
-    DriverUnavailable: "install the NVIDIA driver, or use --greenllm-device=rapl|none",
+_ADVICE: dict[type[DeviceError], tuple[str, Hint | None]] = {
+    NoPermission: (HOW_TO_LOCK, LEAVE_CLOCKS),
+    NotSupported: ("this GPU or driver does not offer it", None),
+    DeviceLost: ("the GPU needs a reset (`nvidia-smi -r`) or a reboot", None),
+    DriverUnavailable: ("install the NVIDIA driver", USE_OTHER_DEVICE),
 }
 
 
@@ -77,6 +77,6 @@ def nvml_errors(nvml: Any, what: str) -> Iterator[None]:
     except nvml.NVMLError as e:
         code = getattr(e, "value", None)
         kind = _BY_CODE.get(code, DeviceError) if isinstance(code, int) else DeviceError
-        advice = _ADVICE.get(kind)
+        advice, hint = _ADVICE.get(kind, ("", None))
         message = f"{what}: {e}" + (f"; {advice}" if advice else "")
-        raise kind(message, code) from e
+        raise kind(message, code, hint) from e

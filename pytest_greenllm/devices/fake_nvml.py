@@ -1,6 +1,6 @@
 """An in-process stand-in for the ``pynvml`` functions pytest-greenllm calls.
 
-It is a test double, used by the plugin's tests and by ``--greenllm-device=fake``: nothing
+It is a test double, used by the plugin's tests and by the fake device (``device=fake``): nothing
 it reports is measured, and every report made with it says ``device: fake``. It keeps
 NVML's contract: the same function names and arguments, the same units (mW, mJ, MHz, °C),
 and the real ``pynvml.NVMLError`` classes with NVML's return codes.
@@ -95,7 +95,7 @@ class _Handle:
 def cpu_busy_fraction() -> Callable[[], float]:
     """A load source that reads the machine's CPU use from /proc/stat between calls.
 
-    Under ``--greenllm-device=fake`` the engine runs on the CPU, so CPU use is the most
+    Under the fake device the engine runs on the CPU, so CPU use is the most
     honest stand-in for GPU load that this machine has.
     """
     previous: list[int] = []

@@ -14,16 +14,16 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from pytest_greenllm.devices.base import nearest_clock
+from pytest_greenllm.devices.base import Gpu, nearest_clock
 from pytest_greenllm.devices.errors import DeviceError, NotSupported
-from pytest_greenllm.devices.nvml import NvmlGpu
+from pytest_greenllm.hints import LEAVE_CLOCKS_ONLY
 
 STATE_ENV = "GREENLLM_STATE_FILE"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -40,7 +40,7 @@ def default_state_path() -> Path:
 class GpuLookup(Protocol):
     """Finds a GPU by UUID (an NvmlSession)."""
 
-    def by_uuid(self, uuid: str) -> NvmlGpu: ...
+    def by_uuid(self, uuid: str) -> Gpu: ...
 
 
 @dataclass
@@ -124,7 +124,7 @@ class ClockGuard:
         return f"gpu{gpu.index}"
 
     # --- changing GPUs -------------------------------------------------------------------
-    def lock_clocks(self, gpus: list[NvmlGpu], mhz: int) -> tuple[int, list[str]]:
+    def lock_clocks(self, gpus: Sequence[Gpu], mhz: int) -> tuple[int, list[str]]:
         """Lock every GPU at the supported clock nearest ``mhz``; returns it and notes."""
         notes: list[str] = []
         snapped = mhz
@@ -133,8 +133,8 @@ class ClockGuard:
                 supported = gpu.info.supported_clocks_mhz
                 if not supported:
                     raise NotSupported(
-                        f"GPU {gpu.index} ({gpu.info.name}) lists no supported clocks; "
-                        "pass --greenllm-freqs=default to leave the clocks alone"
+                        f"GPU {gpu.index} ({gpu.info.name}) lists no supported clocks",
+                        hint=LEAVE_CLOCKS_ONLY,
                     )
                 snapped = nearest_clock(supported, mhz)
                 if snapped != mhz:
@@ -144,7 +144,7 @@ class ClockGuard:
         return snapped, notes
 
     @contextmanager
-    def _recorded(self, gpu: NvmlGpu, field: str, value: int) -> Iterator[None]:
+    def _recorded(self, gpu: Gpu, field: str, value: int) -> Iterator[None]:
         """Record a change in the state file before making it: a kill between the two must
         leave a record. A change that fails is taken back out; an earlier one stays."""
         change = self._changes.setdefault(gpu.info.uuid, Change(gpu.index))
@@ -158,7 +158,7 @@ class ClockGuard:
             self._forget_unchanged(gpu.info.uuid)
             raise
 
-    def set_power_limit(self, gpus: list[NvmlGpu], limit_mw: int) -> None:
+    def set_power_limit(self, gpus: Sequence[Gpu], limit_mw: int) -> None:
         """Set the power limit of every GPU, within each one's allowed range. Units: mW."""
         with self._lock:
             for gpu in gpus:

@@ -7,23 +7,10 @@ Units are converted here, once: names end in their unit and never change it afte
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
-from pytest_greenllm.devices.base import Reading
+from pytest_greenllm.devices.base import GpuInfo, Reading
 from pytest_greenllm.devices.errors import DeviceError, DriverUnavailable, nvml_errors
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """What does not change while a session runs."""
-
-    index: int  # NVML's index, which CUDA_VISIBLE_DEVICES refers to
-    name: str
-    uuid: str
-    supported_clocks_mhz: tuple[int, ...]  # ascending, for the current memory clock. Units: MHz.
-    power_limit_mw: int  # Units: mW.
-    power_limit_range_mw: tuple[int, int]  # Units: mW.
 
 
 class NvmlGpu:

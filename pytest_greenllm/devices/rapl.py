@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from pytest_greenllm.devices.base import Reading
+from pytest_greenllm.hints import Hint
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 
 POWERCAP = Path("/sys/class/powercap")
@@ -42,7 +43,8 @@ class RaplZone:
         except PermissionError as e:
             raise NoPermission(
                 f"{file} is readable by root only (since Linux 5.10); run as root, or "
-                "`chmod o+r` the energy_uj files, or use --greenllm-device=none"
+                "`chmod o+r` the energy_uj files",
+                hint=Hint("device", "none", ", or use {flag}"),
             ) from e
         except OSError as e:
             raise DeviceError(f"{file}: {e.strerror}") from e

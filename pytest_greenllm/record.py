@@ -1,0 +1,434 @@
+"""The record of a measured point, typed from the run to the report, and the report schema.
+
+A point is measured (``PointResult``), summarised and judged into a ``PointRecord``, and
+serialised once, by ``to_json``; every reader (report, journal, baseline, the ``greenllm``
+tools) gets it back through ``from_json``. No other module knows the JSON keys.
+
+Schema (``schema_version`` 1; docs/report-schema.md describes every field)::
+
+    {"schema": "pytest-greenllm report", "schema_version": 1, "created": ISO-8601,
+     "device": "nvml" | "rapl" | "fake" | "none", "machine": {...}, "git": {...} | null,
+     "fingerprint": {...}, "settings": {...}, "points": [{"id", "config", "locked_clock_mhz",
+     "repeats": [{"metrics": {...}, "energy": {...} | null}], "summary": {...},
+     "verdicts": {...}}]}
+
+JSON has no NaN or infinity: an undefined figure is written as null, and read back as NaN
+where the field is a plain number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeAlias, TypeVar
+
+import cattrs
+
+from pytest_greenllm.knobs import KnobPoint
+from pytest_greenllm.metrics import RunMetrics
+from pytest_greenllm.verdicts import Goodput, Regression, Violation, regression
+
+SCHEMA = "pytest-greenllm report"
+SCHEMA_VERSION = 1
+# One JSON object as json.loads returns it: the stored form, never passed between modules
+# in place of a record.
+JsonObject: TypeAlias = dict[str, Any]
+T = TypeVar("T")
+
+
+class RecordError(ValueError):
+    """Stored data that does not have the schema's shape; the message names the field."""
+
+
+@dataclass(frozen=True)
+class EnergyFigures:
+    """What the meter says about one run, per token and per request."""
+
+    method: str  # counter, sampled or mixed
+    energy_j: float  # Units: J.
+    j_per_output_token: float  # Units: J/token.
+    j_per_request: float  # Units: J.
+    avg_power_w: float  # Units: W.
+    peak_power_w: float | None  # Units: W.
+    steady_j_per_token: float | None  # inside the steady state. Units: J/token.
+    energy_above_idle_j: float | None  # Units: J.
+    per_device_j: tuple[tuple[str, float], ...]  # Units: J.
+    imbalance: float | None
+    sm_clock_mhz: tuple[tuple[str, float | None], ...]  # mean observed clock per device
+    clock_strayed: bool
+    short_window: bool
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RepeatResult:
+    """One run of a point."""
+
+    metrics: RunMetrics
+    energy: EnergyFigures | None  # None where no meter measures
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """Every repeat of a point, with the clock it ran at."""
+
+    point: KnobPoint
+    locked_clock_mhz: int | None
+    repeats: tuple[RepeatResult, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over repeats of the key figures, and the per-repeat lists the gate tests.
+
+    None where no repeat has the figure. Latencies in ms, throughputs per second.
+    """
+
+    ttft_p99_ms: float | None
+    itl_p99_ms: float | None  # the paper's TBT
+    tpot_p99_ms: float | None
+    e2el_p99_ms: float | None
+    output_throughput: float | None  # Units: tokens/s.
+    request_throughput: float | None  # Units: requests/s.
+    j_per_output_token: float | None  # Units: J/token.
+    avg_power_w: float | None  # Units: W.
+    j_per_output_token_repeats: tuple[float | None, ...]  # metered repeats only
+    avg_power_w_repeats: tuple[float | None, ...]
+
+
+def _known(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def summarise(repeats: Sequence[RepeatResult]) -> Summary:
+    """The summary of a point's repeats; undefined figures count as unknown."""
+    metrics = [r.metrics for r in repeats]
+    energies = [r.energy for r in repeats if r.energy is not None]
+    j_per_token = tuple(_known(e.j_per_output_token) for e in energies)
+    power = tuple(_known(e.avg_power_w) for e in energies)
+    return Summary(
+        ttft_p99_ms=_mean(_known(m.ttft_ms.p99) for m in metrics),
+        itl_p99_ms=_mean(_known(m.itl_ms.p99) for m in metrics),
+        tpot_p99_ms=_mean(_known(m.tpot_ms.p99) for m in metrics),
+        e2el_p99_ms=_mean(_known(m.e2el_ms.p99) for m in metrics),
+        output_throughput=_mean(_known(m.output_throughput) for m in metrics),
+        request_throughput=_mean(_known(m.request_throughput) for m in metrics),
+        j_per_output_token=_mean(j_per_token),
+        avg_power_w=_mean(power),
+        j_per_output_token_repeats=j_per_token,
+        avg_power_w_repeats=power,
+    )
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """One figure of the summary, with what every table, export and gate shows of it."""
+
+    key: str  # the Summary field
+    label: str  # e.g. 'energy per output token'
+    unit: str
+    header: str  # short column header
+    slug: str  # Bencher measure
+    lower_is_better: bool
+    repeats_key: str | None = None  # the Summary field with its per-repeat values
+
+    def of(self, summary: Summary) -> float | None:
+        """The mean over repeats, None where unknown."""
+        value: float | None = getattr(summary, self.key)
+        return value
+
+    def repeats(self, summary: Summary) -> tuple[float | None, ...]:
+        """The per-repeat values; empty for metrics that keep none."""
+        if self.repeats_key is None:
+            return ()
+        values: tuple[float | None, ...] = getattr(summary, self.repeats_key)
+        return values
+
+
+TTFT_P99 = SummaryMetric("ttft_p99_ms", "p99 TTFT", "ms", "TTFT p99 ms", "ttft-p99", True)
+TBT_P99 = SummaryMetric("itl_p99_ms", "p99 TBT", "ms", "TBT p99 ms", "tbt-p99", True)
+TPOT_P99 = SummaryMetric("tpot_p99_ms", "p99 TPOT", "ms", "TPOT p99 ms", "tpot-p99", True)
+E2EL_P99 = SummaryMetric("e2el_p99_ms", "p99 E2EL", "ms", "E2EL p99 ms", "e2el-p99", True)
+OUTPUT_THROUGHPUT = SummaryMetric(
+    "output_throughput", "output throughput", "tokens/s", "out tok/s", "output-throughput", False
+)
+REQUEST_THROUGHPUT = SummaryMetric(
+    "request_throughput", "request throughput", "requests/s", "req/s", "request-throughput", False
+)
+J_PER_TOKEN = SummaryMetric(
+    "j_per_output_token", "energy per output token", "J/token", "J/tok",
+    "energy-per-output-token", True, "j_per_output_token_repeats",
+)
+AVG_POWER = SummaryMetric(
+    "avg_power_w", "average power", "W", "avg W", "average-power", True, "avg_power_w_repeats"
+)
+SUMMARY_METRICS = (
+    TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT, J_PER_TOKEN,
+    AVG_POWER,
+)
+# The energy gate: each is tested over repeats against the baseline's.
+GATED_METRICS = (J_PER_TOKEN, AVG_POWER)
+
+
+def energy_regressions(base: Summary, head: Summary, tolerance: float) -> list[Regression]:
+    """The regression test of every gated metric both summaries have repeats of."""
+    out = []
+    for metric in GATED_METRICS:
+        before, now = metric.repeats(base), metric.repeats(head)
+        if before and now:
+            # None (an undefined repeat) reaches the test, which refuses it by name.
+            out.append(regression(metric.key, before, now, tolerance))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the paper's RQ4 optimises for: one metric, at its better end."""
+
+    name: str  # e.g. 'least energy per token'
+    mark: str  # one letter, for the summary table
+    metric: SummaryMetric
+
+
+OBJECTIVES = (
+    Objective("least energy per token", "E", J_PER_TOKEN),
+    Objective("least average power", "P", AVG_POWER),
+    Objective("most throughput", "T", OUTPUT_THROUGHPUT),
+)
+
+
+def best_per_objective(
+    points: Sequence[PointRecord],
+) -> list[tuple[Objective, PointRecord | None]]:
+    """The best of ``points`` for each objective (None where no point has the figure); the
+    first point wins a tie."""
+    out: list[tuple[Objective, PointRecord | None]] = []
+    for objective in OBJECTIVES:
+        metric = objective.metric
+        scored = [(value, p) for p in points if (value := metric.of(p.summary)) is not None]
+        pick = min if metric.lower_is_better else max
+        out.append((objective, pick(scored, key=lambda vp: vp[0])[1] if scored else None))
+    return out
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What one point's figures say against its SLO and the baseline."""
+
+    slo_violations: tuple[Violation, ...]
+    regressions: tuple[Regression, ...]  # every gated metric compared, regressed or not
+    goodput: Goodput
+
+    @property
+    def slo_met(self) -> bool:
+        return not self.slo_violations
+
+    @property
+    def regressed(self) -> bool:
+        return any(r.regressed for r in self.regressions)
+
+    def failures(self, point_id: str) -> list[str]:
+        """One line per missed SLO or regression."""
+        lines = [v.message(point_id) for v in self.slo_violations]
+        lines += [r.message(point_id) for r in self.regressions if r.regressed]
+        return lines
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """One point as reports keep it: configuration, repeats, summary and verdicts."""
+
+    id: str
+    point: KnobPoint
+    locked_clock_mhz: int | None  # Units: MHz.
+    repeats: tuple[RepeatResult, ...]
+    summary: Summary
+    verdicts: Verdicts | None = None  # None: not judged (a record written without them)
+
+    @classmethod
+    def of(cls, result: PointResult, verdicts: Verdicts | None = None) -> PointRecord:
+        """The record of a measured point."""
+        return cls(
+            result.point.id, result.point, result.locked_clock_mhz, result.repeats,
+            summarise(result.repeats), verdicts,
+        )
+
+    @property
+    def slo_met(self) -> bool:
+        """Met its SLO; an unjudged point counts as meeting it."""
+        return self.verdicts is None or self.verdicts.slo_met
+
+    @property
+    def regressed(self) -> bool:
+        return self.verdicts is not None and self.verdicts.regressed
+
+    def to_json(self) -> JsonObject:
+        """The point as the report and the journal store it."""
+        verdicts: JsonObject = {}
+        if self.verdicts is not None:
+            v = self.verdicts
+            verdicts = {
+                "slo_met": v.slo_met,
+                "slo_violations": _plain(v.slo_violations),
+                "regressions": _plain(v.regressions),
+                "regressed": v.regressed,
+                "goodput": {
+                    "good_requests": v.goodput.good_requests,
+                    "requests": v.goodput.requests,
+                    "share": _plain(v.goodput.share),
+                    "requests_per_s": _plain(v.goodput.requests_per_s),
+                    "j_per_good_request": _plain(v.goodput.j_per_good_request),
+                },
+            }
+        return {
+            "id": self.id,
+            "config": _plain(self.point),
+            "locked_clock_mhz": self.locked_clock_mhz,
+            "repeats": _plain(self.repeats),
+            "summary": _plain(self.summary),
+            "verdicts": verdicts,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PointRecord:
+        """A stored point; RecordError names the field that does not fit the schema."""
+        if not isinstance(data, Mapping):
+            raise RecordError("not a JSON object")
+        verdicts = data.get("verdicts")
+        return cls(
+            id=_structure(data.get("id"), str, "id"),
+            point=_structure(data.get("config"), KnobPoint, "config"),
+            locked_clock_mhz=_structure(data.get("locked_clock_mhz"), int | None, "locked_clock_mhz"),  # type: ignore[arg-type]
+            repeats=_structure(data.get("repeats"), tuple[RepeatResult, ...], "repeats"),
+            summary=_structure(data.get("summary"), Summary, "summary"),
+            verdicts=_structure(verdicts, Verdicts, "verdicts") if verdicts else None,
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole sweep: where it ran and every point it measured."""
+
+    device: str  # nvml, rapl, fake, none, or a plugin backend's kind
+    machine: JsonObject  # GPUs, driver, CPU, library versions
+    git: JsonObject | None
+    fingerprint: JsonObject  # what makes two reports' energy comparable
+    settings: JsonObject
+    points: tuple[PointRecord, ...]
+    created: str = ""  # ISO-8601; '' until written
+
+    @classmethod
+    def new(
+        cls,
+        device: str,
+        machine: JsonObject,
+        git: JsonObject | None,
+        fingerprint: JsonObject,
+        settings: JsonObject,
+        points: Iterable[PointRecord],
+    ) -> Report:
+        """A report stamped now."""
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return cls(device, machine, git, fingerprint, settings, tuple(points), created)
+
+    def point(self, point_id: str) -> PointRecord | None:
+        """The point with this id, if the report has it."""
+        return next((p for p in self.points if p.id == point_id), None)
+
+    def to_json(self) -> JsonObject:
+        """The report as the schema lays it out."""
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "device": self.device,
+            "machine": self.machine,
+            "git": self.git,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "points": [p.to_json() for p in self.points],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Report:
+        """A report whose header was checked (``report.load_report``); RecordError names the
+        point and field that do not fit."""
+        points = []
+        for index, point in enumerate(data["points"]):
+            try:
+                points.append(PointRecord.from_json(point))
+            except RecordError as e:
+                raise RecordError(f"point {index}: {e}") from None
+        return cls(
+            device=data["device"],
+            machine=dict(data.get("machine") or {}),
+            git=data.get("git"),
+            fingerprint=dict(data["fingerprint"]),
+            settings=dict(data.get("settings") or {}),
+            points=tuple(points),
+            created=str(data.get("created", "")),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples, NaN and infinities into what JSON holds (those become null)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _float(value: Any, _: type) -> float:
+    # null is how an undefined figure (NaN, an infinite ratio) was written.
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
+
+
+def _strict(kind: Callable[[Any], T], name: str) -> Callable[[Any, type], T]:
+    def structure(value: Any, _: type) -> T:
+        if not isinstance(value, kind):  # type: ignore[arg-type]
+            raise ValueError(f"expected {name}, got {value!r}")
+        return value  # type: ignore[no-any-return]
+
+    return structure
+
+
+_converter = cattrs.Converter(forbid_extra_keys=False)
+_converter.register_structure_hook(float, _float)
+# cattrs would turn 1 into '1' and '1' into 1: a report with the wrong types is refused.
+_converter.register_structure_hook(str, _strict(str, "a string"))
+_converter.register_structure_hook(bool, _strict(bool, "true or false"))
+_converter.register_structure_hook(int, _int)
+
+
+def _structure(value: Any, kind: type[T], name: str) -> T:
+    try:
+        return _converter.structure(value, kind)
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as e:
+        detail = "; ".join(cattrs.transform_error(e, path=name)) if isinstance(
+            e, cattrs.BaseValidationError
+        ) else f"{e} @ {name}"
+        raise RecordError(detail) from None

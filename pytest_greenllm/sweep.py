@@ -1,0 +1,237 @@
+"""One setup path, and the run-wide state of a sweep; no pytest hooks here.
+
+``prepare_sweep`` opens the device, builds the knob matrix and prepares the reports; the
+plugin calls it from ``pytest_configure`` and ``greenllm knobs`` calls its first two steps.
+A :class:`Sweep` then holds what every point shares: the device, the meter, the clock
+policy. Errors are :class:`SetupError` or :class:`PointSkipped`, whose hints each front end
+renders with its own flag names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pytest_greenllm.config import Settings
+from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
+from pytest_greenllm.devices.base import Backend, Capabilities, EnergySource
+from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
+from pytest_greenllm.driver import EngineSpec
+from pytest_greenllm.engine import cpu_build_installed
+from pytest_greenllm.hints import CLI_PREFIX, Hint, HintedError
+from pytest_greenllm.knobs import KnobPoint, Matrix, expand
+from pytest_greenllm.meter import EnergyMeter
+from pytest_greenllm.report import Journal, ReportError, fingerprint, git_info, machine_info
+from pytest_greenllm.reporting import ReportContext, journal_path, settings_record
+from pytest_greenllm.results import Results, load_baseline
+
+MakeBackend = Callable[[Settings], Backend]
+SET_SLO = Hint("slo", template="; set {flag} to check yours")
+LEAVE_CLOCKS_ALONE = Hint("freqs", "default", "; pass {flag}")
+
+
+class SetupError(HintedError):
+    """The sweep cannot start as asked; the message says why and what to change."""
+
+
+class PointSkipped(HintedError):
+    """A point (or a test) cannot run here as asked; the message says what to do."""
+
+
+def open_device(settings: Settings, make_backend: MakeBackend) -> Backend:
+    """Open the settings' device and set the session's power limit."""
+    try:
+        backend = make_backend(settings)
+    except DeviceError as e:
+        raise SetupError(e.message, e.hint, subject=Hint("device", settings.device)) from None
+    if settings.power_limit_mw is not None:
+        guard = backend.guard
+        if guard is None:
+            backend.close()
+            raise SetupError(f"the power limit needs a GPU device; device={backend.kind} has none")
+        try:
+            guard.install()
+            guard.set_power_limit(backend.gpus, settings.power_limit_mw)
+        except DeviceError as e:
+            backend.close()
+            raise SetupError(f"setting the power limit: {e.message}", e.hint) from None
+    return backend
+
+
+def build_matrix(
+    settings: Settings,
+    caps: Capabilities,
+    extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
+) -> Matrix:
+    """Expand the settings against the device's capabilities, and against the CPU cores
+    where vLLM's CPU build runs the engine (whatever device measures)."""
+    if cpu_build_installed() and caps.unit_name != "CPU cores":
+        cores = len(os.sched_getaffinity(0))
+        caps = replace(
+            caps,
+            parallel_units=min(caps.parallel_units, cores),
+            unit_name="CPU cores (vLLM's CPU build runs the engine)" if cores < caps.parallel_units else caps.unit_name,
+        )
+    return expand(
+        model=settings.model,
+        tps=settings.tps,
+        batches=settings.batches,
+        workloads=settings.workloads,
+        freqs=settings.freqs,
+        caps=caps,
+        extra_problems=extra_problems,
+    )
+
+
+def prepare_reports(
+    settings: Settings, backend: Backend, root: Path, allow_mismatch: bool, flag_prefix: str
+) -> tuple[Results, ReportContext, list[str]]:
+    """The session's Results and ReportContext, and notes for the header (their flags
+    spelled with ``flag_prefix``); bad baselines and journals are SetupErrors."""
+    machine = machine_info(backend)
+    git = git_info(root)
+    print_ = fingerprint(backend, machine, settings.model.name, None)
+    journal = Journal(journal_path(settings, root), print_)
+    notes: list[str] = []
+    results = Results(settings, journal, default_slos_apply=bool(backend.gpus))
+    if not backend.gpus and not settings.slos_given:
+        notes.append(
+            "the default SLOs describe GPU serving and are not checked on the CPU"
+            + SET_SLO.render(flag_prefix)
+        )
+    try:
+        if settings.resume_path is not None:
+            results.resumed = journal.read()
+            notes.append(
+                f"resuming {settings.resume_path}: {len(results.resumed)} points kept from before"
+            )
+        elif journal.path.exists():
+            # A journal of an earlier run at the same place: start it afresh.
+            journal.path.unlink()
+        if settings.baseline_path is not None:
+            results.baseline, baseline_notes = load_baseline(
+                settings.baseline_path, print_, allow_mismatch
+            )
+            notes.extend(baseline_notes)
+    except ReportError as e:
+        raise SetupError(e.message, e.hint, e.subject) from None
+    context = ReportContext(
+        backend.kind, machine, git, print_, settings_record(settings), settings.json_path, root
+    )
+    return results, context, notes
+
+
+@dataclass
+class Sweep:
+    """What every point of a session shares: settings, device, matrix, results, meter."""
+
+    settings: Settings
+    backend: Backend
+    matrix: Matrix
+    results: Results
+    report_context: ReportContext
+    notes: list[str] = field(default_factory=list)  # for the header
+    flag_prefix: str = CLI_PREFIX
+    _meter: EnergyMeter | None = None
+    _closed: bool = False
+
+    def engine_spec(self, point: KnobPoint) -> EngineSpec:
+        """What the point's engine is built from."""
+        return EngineSpec(point.engine, self.settings.model, self.settings.engine_args)
+
+    def meter(self) -> EnergyMeter:
+        """The energy meter; idle power is measured the first time. PointSkipped without one."""
+        if not self.backend.sources:
+            raise PointSkipped(f"energy not measured: {NO_METER}", TRY_FAKE)
+        if self._meter is None:
+            s = self.settings
+            self._meter = EnergyMeter(
+                self.backend.sources, sample_hz=s.sample_hz, min_window_s=s.min_window_s,
+                flag_prefix=self.flag_prefix,
+            )
+            self._meter.measure_idle(max(s.min_window_s, 1.0))
+        return self._meter
+
+    def meter_or_none(self) -> EnergyMeter | None:
+        """The meter where the device has one; latency is measured either way."""
+        return self.meter() if self.backend.sources else None
+
+    def point_sources(self, point: KnobPoint) -> tuple[list[EnergySource], str | None]:
+        """What to measure for a point, and a note where that is more than its own devices
+        (a backend that cannot tell which sources the engine uses)."""
+        own = self.backend.point_sources(point.tp)
+        if own is not None:
+            return list(own), None
+        labels = ", ".join(s.label for s in self.backend.sources)
+        return list(self.backend.sources), (
+            f"device={self.backend.kind} cannot tell which of its sources tp{point.tp} uses: "
+            f"measured all of them ({labels})"
+        )
+
+    def lock_clocks(self, mhz: int | None, tp: int | None = None) -> int | None:
+        """Lock the first ``tp`` GPUs (None: all) at ``mhz`` for one point; returns the
+        clock locked (None: left alone). PointSkipped where the clocks cannot be locked."""
+        if mhz is None:
+            return None
+        guard = self.backend.guard
+        if guard is None:
+            raise PointSkipped(
+                f"device={self.backend.kind} cannot lock clocks", LEAVE_CLOCKS_ALONE
+            )
+        guard.install()
+        try:
+            locked, _ = guard.lock_clocks(self.backend.gpus[:tp], mhz)
+        except (NoPermission, NotSupported) as e:
+            raise PointSkipped(f"clocks not locked: {e.message}", e.hint) from None
+        return locked
+
+    def restore_clocks(self) -> None:
+        """Put the clocks back after a point; the power limit stays for the session."""
+        if self.backend.guard is not None:
+            self.backend.guard.restore(clocks_only=True)
+
+    def cool_down(self) -> None:
+        """Wait (up to the cool-down setting) for the GPUs to cool before a point."""
+        if self.backend.sources and self.settings.cooldown_s > 0:
+            self.meter().cool_down(self.settings.cooldown_s)
+
+    def meter_method(self) -> str | None:
+        """How the session's energy was measured: counter, sampled, mixed or None."""
+        methods = {
+            r.energy.method for record in self.results.records for r in record.repeats
+            if r.energy is not None
+        }
+        return methods.pop() if len(methods) == 1 else ("mixed" if methods else None)
+
+    def close(self) -> None:
+        """Stop the meter and give the device back with its clocks reset (DeviceError if a
+        GPU could not be put back). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._meter is not None:
+            self._meter.close()
+        self.backend.close()
+
+
+def prepare_sweep(
+    settings: Settings,
+    root: Path,
+    *,
+    make_backend: MakeBackend,
+    extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
+    allow_mismatch: bool = False,
+    flag_prefix: str = CLI_PREFIX,
+) -> Sweep:
+    """Open the device, build the matrix, prepare the reports; the device is closed again if
+    a later step fails."""
+    backend = open_device(settings, make_backend)
+    try:
+        matrix = build_matrix(settings, backend.capabilities, extra_problems)
+        results, context, notes = prepare_reports(settings, backend, root, allow_mismatch, flag_prefix)
+    except BaseException:
+        backend.close()
+        raise
+    return Sweep(settings, backend, matrix, results, context, notes, flag_prefix)
