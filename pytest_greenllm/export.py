@@ -15,6 +15,8 @@ import csv
 import io
 from typing import Any
 
+from pytest_greenllm.knobs import AXES, KnobPoint
+from pytest_greenllm.workloads import Workload
 from pytest_greenllm.record import (
     AVG_POWER,
     E2EL_P99,
@@ -32,12 +34,27 @@ SMALLER_IS_BETTER = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99)
 BIGGER_IS_BETTER = (OUTPUT_THROUGHPUT,)
 CSV_METRICS = (TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT,
                J_PER_TOKEN, AVG_POWER)
-CSV_COLUMNS = (
-    "point", "model", "tp", "batch", "workload", "input_tokens", "output_tokens", "freq_mhz",
-    "locked_clock_mhz", "repeats", "ttft_p99_ms", "tbt_p99_ms", "tpot_p99_ms", "e2el_p99_ms",
-    "output_tokens_per_s", "requests_per_s", "j_per_output_token", "avg_power_w", "slo_met",
-    "energy_regressed", "device",
+# One column per axis (the workload also gives its lengths), named as the report names it.
+AXIS_COLUMNS = tuple(
+    name for axis in AXES
+    for name in ((axis.field, "input_tokens", "output_tokens") if axis.field == "workload" else (axis.field,))
 )
+CSV_COLUMNS = (
+    "point", "model", *AXIS_COLUMNS, "locked_clock_mhz", "repeats", "ttft_p99_ms",
+    "tbt_p99_ms", "tpot_p99_ms", "e2el_p99_ms", "output_tokens_per_s", "requests_per_s",
+    "j_per_output_token", "avg_power_w", "slo_met", "energy_regressed", "device",
+)
+
+
+def _axis_cells(point: KnobPoint) -> list[object]:
+    cells: list[object] = []
+    for axis in AXES:
+        value = point.value(axis)
+        if isinstance(value, Workload):
+            cells += [value.name, value.input_tokens, value.output_tokens]
+        else:
+            cells.append(value)
+    return cells
 
 
 def _spread(values: tuple[float | None, ...]) -> list[float]:
@@ -98,8 +115,7 @@ def csv_text(report: Report) -> str:
         point = record.point
         writer.writerow(
             (
-                record.id, point.model, point.tp, point.batch, point.workload.name,
-                point.workload.input_tokens, point.workload.output_tokens, point.freq_mhz,
+                record.id, point.model, *_axis_cells(point),
                 record.locked_clock_mhz, len(record.repeats),
                 *(metric.of(record.summary) for metric in CSV_METRICS),
                 None if record.verdicts is None else record.slo_met,

@@ -12,7 +12,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from pytest_greenllm.devices.base import Capabilities, nearest_clock
 from pytest_greenllm.model_info import ModelInfo
@@ -46,7 +46,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class KnobPoint:
-    """One point of the sweep."""
+    """One point of the sweep: the model and one value of every axis of ``AXES``."""
 
     model: str
     tp: int
@@ -60,12 +60,49 @@ class KnobPoint:
 
     @property
     def freq_label(self) -> str:
-        return "default" if self.freq_mhz is None else f"{self.freq_mhz}MHz"
+        return freq_label(self.freq_mhz)
+
+    def value(self, axis: Axis) -> object:
+        """This point's value on ``axis``."""
+        return getattr(self, axis.field)
 
     @property
     def id(self) -> str:
-        """The test id, e.g. ``L-tp2-b16-1410MHz``."""
-        return f"{self.workload.name}-tp{self.tp}-b{self.batch}-{self.freq_label}"
+        """The test id, e.g. ``L-tp2-b16-1410MHz``: each axis's fragment, in ``ID_ORDER``."""
+        return "-".join(axis.fragment(self.value(axis)) for axis in ID_ORDER)
+
+
+def freq_label(mhz: int | None) -> str:
+    """'1410MHz', or 'default' where the clocks are left alone."""
+    return "default" if mhz is None else f"{mhz}MHz"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One knob of the matrix. Adding an axis is a row here, a ``KnobPoint`` field of the
+    same name, a ``Settings`` field with its parser in config.py, and, where it acts on
+    hardware, its device action (as the clock's is ``Sweep.lock_clocks``)."""
+
+    field: str  # the KnobPoint field, and the key under a report point's "config"
+    option: str  # its options.OPTIONS entry: flag --greenllm-<option>, ini greenllm_<option>
+    settings: str  # the Settings field holding the values asked for (config.parse_<...>)
+    header: str  # its column in `greenllm knobs` and in `greenllm export --format csv`
+    fragment: Callable[[Any], str]  # the value's part of a point id
+    rebuilds_engine: bool  # a new value needs a new engine (else it acts on device or load)
+    label: Callable[[Any], object] = lambda value: value  # the value as tables show it
+
+
+# In sweep order: a new engine costs far more than a clock change, and a clock change may
+# wait for the GPU to cool, so engine axes are outermost and the workload innermost.
+AXES: tuple[Axis, ...] = (
+    Axis("tp", "tp", "tps", "tp", lambda tp: f"tp{tp}", True),
+    Axis("batch", "batch", "batches", "batch", lambda batch: f"b{batch}", True),
+    Axis("freq_mhz", "freqs", "freqs", "clock", freq_label, False, freq_label),
+    Axis("workload", "workloads", "workloads", "workload", lambda w: w.name, False,
+         lambda w: w.name),
+)
+AXES_BY_FIELD = {axis.field: axis for axis in AXES}
+ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "tp", "batch", "freq_mhz"))
 
 
 @dataclass(frozen=True)
@@ -169,22 +206,24 @@ def expand(
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
     """The cartesian product of the knobs, grouped by engine, invalid points set aside."""
-    axis = resolve_freqs(freqs, caps)
+    clocks = resolve_freqs(freqs, caps)
     points: list[KnobPoint] = []
     removed: list[tuple[KnobPoint, str]] = []
-    # Engine knobs outermost, the clock next (each change may wait for the GPU to cool),
-    # the workload innermost.
-    for tp, batch, freq, workload in itertools.product(tps, batches, axis.freqs, workloads):
-        point = KnobPoint(model.name, tp, batch, workload, freq)
+    values: dict[str, Sequence[Any]] = {
+        "tp": tps, "batch": batches, "freq_mhz": clocks.freqs, "workload": workloads,
+    }
+    for combination in itertools.product(*(values[a.field] for a in AXES)):
+        fields: dict[str, Any] = dict(zip((a.field for a in AXES), combination))
+        point = KnobPoint(model.name, **fields)
         problems = point_problems(point, caps, model)
-        if freq in axis.unsupported:
-            problems.append(axis.unsupported[freq])
+        if point.freq_mhz in clocks.unsupported:
+            problems.append(clocks.unsupported[point.freq_mhz])
         problems.extend(extra_problems(point))
         if problems:
             removed.append((point, "; ".join(problems)))
         else:
             points.append(point)
-    return Matrix(tuple(points), tuple(removed), axis.notes, caps)
+    return Matrix(tuple(points), tuple(removed), clocks.notes, caps)
 
 
 def group_by_engine(items: Sequence[T], key: Callable[[T], Hashable | None]) -> list[T]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from pytest_greenllm.knobs import Matrix
+from pytest_greenllm.knobs import AXES, Matrix
 from pytest_greenllm.record import (
     AVG_POWER,
     J_PER_TOKEN,
@@ -21,6 +21,7 @@ TABLE_METRICS = (TTFT_P99, TBT_P99, OUTPUT_THROUGHPUT, J_PER_TOKEN, AVG_POWER)
 def matrix_table(matrix: Matrix) -> str:
     """The points, grouped by engine build, as a table."""
     engines = {engine: index for index, engine in enumerate(matrix.engine_configs, start=1)}
+    shown = [a for a in AXES if a.field != "workload"]
     rows = [
         (
             point.id,
@@ -28,13 +29,11 @@ def matrix_table(matrix: Matrix) -> str:
             point.workload.name,
             point.workload.input_tokens,
             point.workload.output_tokens,
-            point.tp,
-            point.batch,
-            point.freq_label,
+            *(axis.label(point.value(axis)) for axis in shown),
         )
         for point in matrix.points
     ]
-    headers = ("point", "engine", "workload", "in tok", "out tok", "tp", "batch", "clock")
+    headers = ("point", "engine", "workload", "in tok", "out tok", *(a.header for a in shown))
     return tabulate(rows, headers=headers)
 
 
