@@ -53,8 +53,13 @@ def main() -> int:
         records = run_requests(llm, requests, [0.0] * PROMPTS, f"fidelity-{round_}")
         ours.append(run_metrics(records, MAX_NUM_SEQS).output_throughput)
         elapsed, _ = _run_vllm_requests(
-            llm, vllm_requests, 1, disable_detokenize=True, do_profile=False,
-            prequeue_requests=False, enable_lora=False,
+            llm,
+            vllm_requests,
+            1,
+            disable_detokenize=True,
+            do_profile=False,
+            prequeue_requests=False,
+            enable_lora=False,
         )
         theirs.append(PROMPTS * OUTPUT_TOKENS / elapsed)
     cache.close()

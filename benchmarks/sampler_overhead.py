@@ -1,10 +1,11 @@
 """How much the energy meter's sampling thread slows the process it runs in.
 
 A CPU-bound pure-Python loop runs for a fixed time with no meter, with the sampler at
-10 Hz and at 100 Hz (its rate is counted per second of the process's CPU time), over the fake NVML with 8 GPUs (each sample reads power, SM clock,
-temperature and clock-event reasons of every GPU). Configurations are interleaved over
-several rounds so that drift of a noisy machine hits them all alike; the figure is the
-median throughput ratio against no meter, measured in one run.
+10 Hz and at 100 Hz (its rate is counted per second of the process's CPU time), over the
+fake NVML with 8 GPUs (each sample reads power, SM clock, temperature and clock-event
+reasons of every GPU). Configurations are interleaved over several rounds so that drift of
+a noisy machine hits them all alike; the figure is the median throughput ratio against no
+meter, measured in one run.
 
     python benchmarks/sampler_overhead.py [--rounds 30] [--seconds 0.3]
 """
@@ -72,9 +73,7 @@ def main() -> int:
     session.close()
     for rate, share in shares.items():
         print(f"sampler at {rate:g} Hz alone: {share:.2%} of one core")
-    rows = [
-        (f"{rate:g} Hz", statistics.median(r), min(r), max(r), len(r)) for rate, r in ratios.items()
-    ]
+    rows = [(f"{rate:g} Hz", statistics.median(r), min(r), max(r), len(r)) for rate, r in ratios.items()]
     print(tabulate(rows, headers=("sampler", "median ratio", "min", "max", "rounds"), floatfmt=".4f"))
     at_10 = statistics.median(ratios[10.0])
     verdict = "meets" if at_10 >= TARGET_AT_10_HZ else "MISSES"

@@ -10,27 +10,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from tabulate import tabulate
 
 from pytest_greenllm import __version__
 from pytest_greenllm.compare import compare_reports
 from pytest_greenllm.compare import render as render_comparison
 from pytest_greenllm.config import Raw, Settings, parse_tolerance
-from pytest_greenllm.hints import HintedError
+from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
+from pytest_greenllm.devices.errors import DeviceError
+from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
+from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
+from pytest_greenllm.hints import HintedError
 from pytest_greenllm.history import DEFAULT_HISTORY, load_history
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
 from pytest_greenllm.report import ReportError, load_report
-from pytest_greenllm.verdicts import SloError, parse_slo
-from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
-from pytest_greenllm.devices.errors import DeviceError
-from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
-from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
 from pytest_greenllm.sweep import build_matrix, open_device
 from pytest_greenllm.tables import matrix_table
+from pytest_greenllm.verdicts import SloError, parse_slo
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"({default_state_path()}, or ${STATE_ENV}) by a run that was killed before it "
         "could reset them itself.",
     )
-    reset.add_argument(
-        "--device", choices=("nvml", "fake"), default="nvml", help="Default: nvml."
-    )
+    reset.add_argument("--device", choices=("nvml", "fake"), default="nvml", help="Default: nvml.")
     reset.add_argument(
         "--all",
         action="store_true",
@@ -85,20 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
         "downloaded artifacts) whose most recent matching ones are pooled",
     )
     compare.add_argument("head", type=Path, help="the report to judge")
-    compare.add_argument("--format", choices=("table", "markdown"), default="table",
-                         help="markdown for a PR comment or $GITHUB_STEP_SUMMARY. Default: table.")
-    compare.add_argument("--tolerance", default="5%",
-                         help="largest increase that passes, e.g. 5%% or 0.05. Default: 5%%.")
-    compare.add_argument("--allow-mismatch", action="store_true",
-                         help="compare reports from setups whose energy differs")
-    compare.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
-                         help="with a folder as base: pool the N most recent matching reports. "
-                         f"Default: {DEFAULT_HISTORY}.")
-    compare.add_argument("--output", type=Path, default=None, metavar="FILE",
-                         help="also append the output to FILE (e.g. $GITHUB_STEP_SUMMARY)")
-    compare.add_argument("--missing-baseline", choices=("fail", "pass"), default="fail",
-                         help="when the base does not exist yet (a first run): 'fail' (exit 2) "
-                         "or 'pass' (exit 0, saying so). Default: fail.")
+    compare.add_argument(
+        "--format",
+        choices=("table", "markdown"),
+        default="table",
+        help="markdown for a PR comment or $GITHUB_STEP_SUMMARY. Default: table.",
+    )
+    compare.add_argument(
+        "--tolerance", default="5%", help="largest increase that passes, e.g. 5%% or 0.05. Default: 5%%."
+    )
+    compare.add_argument(
+        "--allow-mismatch", action="store_true", help="compare reports from setups whose energy differs"
+    )
+    compare.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULT_HISTORY,
+        metavar="N",
+        help=f"with a folder as base: pool the N most recent matching reports. Default: {DEFAULT_HISTORY}.",
+    )
+    compare.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also append the output to FILE (e.g. $GITHUB_STEP_SUMMARY)",
+    )
+    compare.add_argument(
+        "--missing-baseline",
+        choices=("fail", "pass"),
+        default="fail",
+        help="when the base does not exist yet (a first run): 'fail' (exit 2) "
+        "or 'pass' (exit 0, saying so). Default: fail.",
+    )
     rec = commands.add_parser(
         "recommend",
         help="the best configuration per objective, and the Pareto frontier",
@@ -107,11 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         "against p99 TBT.",
     )
     rec.add_argument("report", type=Path)
-    rec.add_argument("--slo", default=None,
-                     help="judge against these SLOs instead of the report's verdicts, e.g. "
-                     "ttft_p99=2s,tbt_p99=200ms")
-    rec.add_argument("--plot", type=Path, default=None, metavar="PNG",
-                     help="also draw J/output-token against p99 TBT (needs matplotlib)")
+    rec.add_argument(
+        "--slo",
+        default=None,
+        help="judge against these SLOs instead of the report's verdicts, e.g. ttft_p99=2s,tbt_p99=200ms",
+    )
+    rec.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw J/output-token against p99 TBT (needs matplotlib)",
+    )
     export = commands.add_parser(
         "export",
         help="write a report in a continuous-benchmarking tool's format",
@@ -120,11 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("report", type=Path)
     export.add_argument("--format", required=True, choices=("github-action-benchmark", "bencher", "csv"))
-    export.add_argument("--output", type=Path, default=None, metavar="FILE",
-                        help="bencher or csv: write here instead of standard output")
-    export.add_argument("--output-dir", type=Path, default=None, metavar="DIR",
-                        help="github-action-benchmark: write smaller-is-better.json and "
-                        "bigger-is-better.json here. Default: the current directory.")
+    export.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="bencher or csv: write here instead of standard output",
+    )
+    export.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="github-action-benchmark: write smaller-is-better.json and "
+        "bigger-is-better.json here. Default: the current directory.",
+    )
     return parser
 
 
@@ -232,8 +265,10 @@ def _export(args: argparse.Namespace) -> int:
         directory = args.output_dir or Path.cwd()
         directory.mkdir(parents=True, exist_ok=True)
         lists = github_action_benchmark(report)
-        for tool, name in (("customSmallerIsBetter", "smaller-is-better.json"),
-                           ("customBiggerIsBetter", "bigger-is-better.json")):
+        for tool, name in (
+            ("customSmallerIsBetter", "smaller-is-better.json"),
+            ("customBiggerIsBetter", "bigger-is-better.json"),
+        ):
             path = directory / name
             path.write_text(json.dumps(lists[tool], indent=1) + "\n", encoding="utf-8")
             print(f"{tool}: {path} ({len(lists[tool])} entries)")

@@ -61,9 +61,7 @@ def _delta(metric: SummaryMetric, base: Summary, head: Summary) -> float | None:
     return now / before - 1
 
 
-def compare_reports(
-    base: Report, head: Report, tolerance: float, allow_mismatch: bool = False
-) -> Comparison:
+def compare_reports(base: Report, head: Report, tolerance: float, allow_mismatch: bool = False) -> Comparison:
     """Compare J/output-token and average power of shared points over their repeats."""
     differences = check_setup(base.fingerprint, head.fingerprint, "the base", allow=allow_mismatch)
     base_points = {p.id: p.summary for p in base.points}
@@ -109,8 +107,15 @@ def _pct(value: float | None) -> str:
 def render(comparison: Comparison, markdown: bool) -> str:
     """The comparison as a plain or a GitHub-flavoured markdown table, notes first."""
     headers = (
-        "point", "J/tok base", "J/tok head", "J/tok", "avg W", "TTFT p99", "TBT p99",
-        "out tok/s", "verdict",
+        "point",
+        "J/tok base",
+        "J/tok head",
+        "J/tok",
+        "avg W",
+        "TTFT p99",
+        "TBT p99",
+        "out tok/s",
+        "verdict",
     )
     rows = [
         (
@@ -125,8 +130,9 @@ def render(comparison: Comparison, markdown: bool) -> str:
     lines = [f"- {note}" if markdown else note for note in comparison.notes]
     if markdown:
         lines.insert(0, "### Energy comparison (pytest-greenllm)")
-    table = tabulate(rows, headers=headers, tablefmt="github" if markdown else "simple",
-                     floatfmt=".4g", missingval="-")
+    table = tabulate(
+        rows, headers=headers, tablefmt="github" if markdown else "simple", floatfmt=".4g", missingval="-"
+    )
     lines += ["", table, ""] if markdown else [table]
     regressed = comparison.regressed
     lines.append(

@@ -7,9 +7,9 @@ came from, what it was, and what is accepted: pytest prints it as one ``ERROR:``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -84,7 +84,9 @@ def parse_freqs(raw: Raw) -> FreqRequest:
     return tuple(dict.fromkeys(freqs))
 
 
-def parse_workloads(raw: Raw, buckets: Mapping[str, tuple[int, int]], trace: Trace | None) -> tuple[Workload, ...]:
+def parse_workloads(
+    raw: Raw, buckets: Mapping[str, tuple[int, int]], trace: Trace | None
+) -> tuple[Workload, ...]:
     """Bucket names (S, M, L), custom input:output pairs, and 'trace'."""
     accepted = f"use {', '.join(buckets)}, {REPLAY}, or input:output token counts such as 512:128"
     workloads = []

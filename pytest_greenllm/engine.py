@@ -8,13 +8,13 @@ run, and ``import vllm`` takes seconds.
 from __future__ import annotations
 
 import gc
-from importlib import metadata
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import psutil

@@ -16,7 +16,6 @@ import io
 from typing import Any
 
 from pytest_greenllm.knobs import AXES, KnobPoint
-from pytest_greenllm.workloads import Workload
 from pytest_greenllm.record import (
     AVG_POWER,
     E2EL_P99,
@@ -29,20 +28,43 @@ from pytest_greenllm.record import (
     Report,
     SummaryMetric,
 )
+from pytest_greenllm.workloads import Workload
 
 SMALLER_IS_BETTER = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99)
 BIGGER_IS_BETTER = (OUTPUT_THROUGHPUT,)
-CSV_METRICS = (TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT,
-               J_PER_TOKEN, AVG_POWER)
+CSV_METRICS = (
+    TTFT_P99,
+    TBT_P99,
+    TPOT_P99,
+    E2EL_P99,
+    OUTPUT_THROUGHPUT,
+    REQUEST_THROUGHPUT,
+    J_PER_TOKEN,
+    AVG_POWER,
+)
 # One column per axis (the workload also gives its lengths), named as the report names it.
 AXIS_COLUMNS = tuple(
-    name for axis in AXES
+    name
+    for axis in AXES
     for name in ((axis.field, "input_tokens", "output_tokens") if axis.field == "workload" else (axis.field,))
 )
 CSV_COLUMNS = (
-    "point", "model", *AXIS_COLUMNS, "locked_clock_mhz", "repeats", "ttft_p99_ms",
-    "tbt_p99_ms", "tpot_p99_ms", "e2el_p99_ms", "output_tokens_per_s", "requests_per_s",
-    "j_per_output_token", "avg_power_w", "slo_met", "energy_regressed", "device",
+    "point",
+    "model",
+    *AXIS_COLUMNS,
+    "locked_clock_mhz",
+    "repeats",
+    "ttft_p99_ms",
+    "tbt_p99_ms",
+    "tpot_p99_ms",
+    "e2el_p99_ms",
+    "output_tokens_per_s",
+    "requests_per_s",
+    "j_per_output_token",
+    "avg_power_w",
+    "slo_met",
+    "energy_regressed",
+    "device",
 )
 
 
@@ -70,8 +92,11 @@ def _entries(report: Report, metrics: tuple[SummaryMetric, ...]) -> list[dict[st
             value = metric.of(point.summary)
             if value is None:
                 continue
-            entry: dict[str, Any] = {"name": f"{point.id} {metric.label}", "unit": metric.unit,
-                                     "value": value}
+            entry: dict[str, Any] = {
+                "name": f"{point.id} {metric.label}",
+                "unit": metric.unit,
+                "value": value,
+            }
             repeats = _spread(metric.repeats(point.summary))
             if repeats:
                 entry["range"] = f"± {(max(repeats) - min(repeats)) / 2:.4g}"
@@ -115,8 +140,11 @@ def csv_text(report: Report) -> str:
         point = record.point
         writer.writerow(
             (
-                record.id, point.model, *_axis_cells(point),
-                record.locked_clock_mhz, len(record.repeats),
+                record.id,
+                point.model,
+                *_axis_cells(point),
+                record.locked_clock_mhz,
+                len(record.repeats),
                 *(metric.of(record.summary) for metric in CSV_METRICS),
                 None if record.verdicts is None else record.slo_met,
                 None if record.verdicts is None else record.regressed,

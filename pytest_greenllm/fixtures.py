@@ -134,8 +134,14 @@ def greenllm_result(
     failure: str | None = None
     try:
         result = measure_point(
-            sweep.settings, driver, meter, sources, sweep.engine_spec(greenllm_point),
-            greenllm_point, locked_clocks, sources_note=note,
+            sweep.settings,
+            driver,
+            meter,
+            sources,
+            sweep.engine_spec(greenllm_point),
+            greenllm_point,
+            locked_clocks,
+            sources_note=note,
         )
     except EngineFailed as e:
         failure = f"{greenllm_point.id}: {e}"

@@ -98,8 +98,7 @@ AXES: tuple[Axis, ...] = (
     Axis("tp", "tp", "tps", "tp", lambda tp: f"tp{tp}", True),
     Axis("batch", "batch", "batches", "batch", lambda batch: f"b{batch}", True),
     Axis("freq_mhz", "freqs", "freqs", "clock", freq_label, False, freq_label),
-    Axis("workload", "workloads", "workloads", "workload", lambda w: w.name, False,
-         lambda w: w.name),
+    Axis("workload", "workloads", "workloads", "workload", lambda w: w.name, False, lambda w: w.name),
 )
 AXES_BY_FIELD = {axis.field: axis for axis in AXES}
 ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "tp", "batch", "freq_mhz"))
@@ -178,9 +177,7 @@ def point_problems(point: KnobPoint, caps: Capabilities, model: ModelInfo) -> li
     """Why ``point`` cannot run on this device and model; empty when it can."""
     problems = []
     if point.tp > caps.parallel_units:
-        problems.append(
-            f"tp{point.tp} needs {point.tp} {caps.unit_name}, {caps.parallel_units} visible"
-        )
+        problems.append(f"tp{point.tp} needs {point.tp} {caps.unit_name}, {caps.parallel_units} visible")
     heads, kv_heads = model.attention_heads, model.kv_heads
     if heads is not None and heads % point.tp:
         problems.append(f"tp{point.tp} does not divide the model's {heads} attention heads")
@@ -210,7 +207,10 @@ def expand(
     points: list[KnobPoint] = []
     removed: list[tuple[KnobPoint, str]] = []
     values: dict[str, Sequence[Any]] = {
-        "tp": tps, "batch": batches, "freq_mhz": clocks.freqs, "workload": workloads,
+        "tp": tps,
+        "batch": batches,
+        "freq_mhz": clocks.freqs,
+        "workload": workloads,
     }
     for combination in itertools.product(*(values[a.field] for a in AXES)):
         fields: dict[str, Any] = dict(zip((a.field for a in AXES), combination))

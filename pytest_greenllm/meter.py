@@ -47,8 +47,7 @@ def reason_names(mask: int) -> tuple[str, ...]:
 def trapezoid_j(times_s: Sequence[float], powers_w: Sequence[float]) -> float:
     """Energy under a power curve sampled at ``times_s``. Units: J."""
     return sum(
-        (powers_w[i] + powers_w[i + 1]) / 2 * (times_s[i + 1] - times_s[i])
-        for i in range(len(times_s) - 1)
+        (powers_w[i] + powers_w[i + 1]) / 2 * (times_s[i + 1] - times_s[i]) for i in range(len(times_s) - 1)
     )
 
 
@@ -106,8 +105,9 @@ class _Row:
 class _Sampler:
     """The background thread of one window. ``stop`` always joins it."""
 
-    def __init__(self, sources: Sequence[EnergySource], period_s: float, t0: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, sources: Sequence[EnergySource], period_s: float, t0: float, clock: Callable[[], float]
+    ) -> None:
         self._sources = sources
         self._period_s = period_s
         self._t0 = t0
@@ -300,9 +300,7 @@ class EnergyMeter:
         devices = []
         series: list[list[tuple[float, float]]] = []
         for i, source in enumerate(window.sources):
-            device, powered = self._device(
-                source.label, i, rows, window, end_mj[i], duration_s, warnings
-            )
+            device, powered = self._device(source.label, i, rows, window, end_mj[i], duration_s, warnings)
             devices.append(device)
             series.append(powered)
         energy_j = sum(d.energy_j for d in devices)
@@ -357,7 +355,9 @@ class EnergyMeter:
         powered = [(t, r.power_mw / 1000) for t, r in present if r.power_mw is not None]
         if not powered:
             powered = _power_from_counter([(row.t_s, row.energies_mj[i]) for row in rows])
-        sampled_j = trapezoid_j([t for t, _ in powered], [w for _, w in powered]) if len(powered) > 1 else None
+        sampled_j = (
+            trapezoid_j([t for t, _ in powered], [w for _, w in powered]) if len(powered) > 1 else None
+        )
         start_mj = window.start_mj[i]
         if start_mj is not None and end_mj is not None:
             energy_j, method = (end_mj - start_mj) / 1000, COUNTER
@@ -365,8 +365,7 @@ class EnergyMeter:
             energy_j, method = sampled_j, SAMPLED
         else:
             raise DeviceError(
-                f"{label}: no energy counter and fewer than two power samples in "
-                f"{duration_s:.3f} s",
+                f"{label}: no energy counter and fewer than two power samples in {duration_s:.3f} s",
                 hint=FASTER_SAMPLING,
             )
         disagreement = None

@@ -116,9 +116,7 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
         e2el.append((r.token_s[-1] - r.send_s) * 1000)
         itl.extend((b - a) * 1000 for a, b in zip(r.token_s, r.token_s[1:]))
         tpot.append(
-            (r.token_s[-1] - r.token_s[0]) * 1000 / (r.output_tokens - 1)
-            if r.output_tokens > 1
-            else None
+            (r.token_s[-1] - r.token_s[0]) * 1000 / (r.output_tokens - 1) if r.output_tokens > 1 else None
         )
     prompt = sum(r.prompt_tokens for r in records)
     output = sum(r.output_tokens for r in records)

@@ -7,8 +7,9 @@ text can never drift apart between the two entry points.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 ENABLE_FLAG = "--greenllm"
 PYTEST_PREFIX = "--greenllm-"
@@ -50,9 +51,7 @@ OPTIONS: tuple[KnobOption, ...] = (
         "GPU SM clocks to lock, in MHz, comma separated; snapped to the nearest clock the "
         "device supports. 'all' sweeps every supported clock, 'default' leaves clocks alone.",
     ),
-    KnobOption(
-        "tp", "N,...", "1,2,4,8", "Tensor-parallel sizes (GPUs per engine), comma separated."
-    ),
+    KnobOption("tp", "N,...", "1,2,4,8", "Tensor-parallel sizes (GPUs per engine), comma separated."),
     KnobOption(
         "batch",
         "N,...",

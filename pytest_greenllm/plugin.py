@@ -103,6 +103,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(render_error(e, PYTEST_PREFIX)) from None
     try:
         driver: Driver = config.hook.pytest_greenllm_make_driver(config=config, settings=settings)
+    except HintedError as e:
+        sweep.close()
+        raise pytest.UsageError(render_error(e, PYTEST_PREFIX)) from None
     except BaseException:
         sweep.close()
         raise

@@ -74,6 +74,7 @@ def recommend(report: Report, slo: Slo | None = None) -> Recommendation:
 
 def render(rec: Recommendation) -> str:
     """The recommendation as tables."""
+
     def row(p: PointRecord) -> tuple[object, ...]:
         return (p.id, *(metric.of(p.summary) for metric in COLUMNS))
 
@@ -88,8 +89,10 @@ def render(rec: Recommendation) -> str:
     lines.append("Pareto frontier (J/output-token vs p99 TBT):")
     lines.append(tabulate([row(p) for p in rec.frontier], headers=headers, floatfmt=".4g", missingval="-"))
     lines.append("")
-    lines.append(f"{len(rec.passing)} points meet the SLOs, {len(rec.failing)} do not"
-                 + (f": {', '.join(rec.failing)}" if rec.failing else ""))
+    lines.append(
+        f"{len(rec.passing)} points meet the SLOs, {len(rec.failing)} do not"
+        + (f": {', '.join(rec.failing)}" if rec.failing else "")
+    )
     return "\n".join(lines)
 
 
@@ -101,9 +104,7 @@ def plot(rec: Recommendation, report: Report, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise PlotUnavailable(
-            "plotting needs matplotlib: pip install 'pytest-greenllm[plot]'"
-        ) from e
+        raise PlotUnavailable("plotting needs matplotlib: pip install 'pytest-greenllm[plot]'") from e
     figure, axes = plt.subplots(figsize=(7, 4.5))
     passing = {p.id for p in rec.passing}
     for p in report.points:

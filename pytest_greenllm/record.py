@@ -23,7 +23,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import cattrs
@@ -165,14 +165,25 @@ REQUEST_THROUGHPUT = SummaryMetric(
     "request_throughput", "request throughput", "requests/s", "req/s", "request-throughput", False
 )
 J_PER_TOKEN = SummaryMetric(
-    "j_per_output_token", "energy per output token", "J/token", "J/tok",
-    "energy-per-output-token", True, "j_per_output_token_repeats",
+    "j_per_output_token",
+    "energy per output token",
+    "J/token",
+    "J/tok",
+    "energy-per-output-token",
+    True,
+    "j_per_output_token_repeats",
 )
 AVG_POWER = SummaryMetric(
     "avg_power_w", "average power", "W", "avg W", "average-power", True, "avg_power_w_repeats"
 )
 SUMMARY_METRICS = (
-    TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT, J_PER_TOKEN,
+    TTFT_P99,
+    TBT_P99,
+    TPOT_P99,
+    E2EL_P99,
+    OUTPUT_THROUGHPUT,
+    REQUEST_THROUGHPUT,
+    J_PER_TOKEN,
     AVG_POWER,
 )
 # The energy gate: each is tested over repeats against the baseline's.
@@ -258,8 +269,12 @@ class PointRecord:
     def of(cls, result: PointResult, verdicts: Verdicts | None = None) -> PointRecord:
         """The record of a measured point."""
         return cls(
-            result.point.id, result.point, result.locked_clock_mhz, result.repeats,
-            summarise(result.repeats), verdicts,
+            result.point.id,
+            result.point,
+            result.locked_clock_mhz,
+            result.repeats,
+            summarise(result.repeats),
+            verdicts,
         )
 
     @property
@@ -337,7 +352,7 @@ class Report:
         points: Iterable[PointRecord],
     ) -> Report:
         """A report stamped now."""
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = datetime.now(UTC).isoformat(timespec="seconds")
         return cls(device, machine, git, fingerprint, settings, tuple(points), created)
 
     def point(self, point_id: str) -> PointRecord | None:
@@ -428,7 +443,9 @@ def _structure(value: Any, kind: type[T], name: str) -> T:
     try:
         return _converter.structure(value, kind)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as e:
-        detail = "; ".join(cattrs.transform_error(e, path=name)) if isinstance(
-            e, cattrs.BaseValidationError
-        ) else f"{e} @ {name}"
+        detail = (
+            "; ".join(cattrs.transform_error(e, path=name))
+            if isinstance(e, cattrs.BaseValidationError)
+            else f"{e} @ {name}"
+        )
         raise RecordError(detail) from None

@@ -55,12 +55,20 @@ def git_info(directory: Path) -> dict[str, Any] | None:
     """The commit and whether the tree has changes; None outside a git checkout."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
-            check=True, timeout=10,
+            ["git", "rev-parse", "HEAD"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True,
-            check=True, timeout=10,
+            ["git", "status", "--porcelain"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -91,7 +99,9 @@ def machine_info(backend: Any) -> dict[str, Any]:
     }
 
 
-def fingerprint(backend: Any, machine: Mapping[str, Any], model: str, meter_method: str | None) -> dict[str, Any]:
+def fingerprint(
+    backend: Any, machine: Mapping[str, Any], model: str, meter_method: str | None
+) -> dict[str, Any]:
     """What makes two reports' energy comparable."""
     gpus = machine["gpus"]
     limits = sorted({g["power_limit_w"] for g in gpus})
@@ -109,9 +119,7 @@ def fingerprint(backend: Any, machine: Mapping[str, Any], model: str, meter_meth
     }
 
 
-def fingerprint_differences(
-    base: Mapping[str, Any], head: Mapping[str, Any]
-) -> tuple[list[str], list[str]]:
+def fingerprint_differences(base: Mapping[str, Any], head: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(differences that change energy, other differences), each as 'field: a -> b'."""
     energy: list[str] = []
     other: list[str] = []
@@ -131,7 +139,11 @@ class SetupMismatch(ReportError):
 
 
 def check_setup(
-    base: Mapping[str, Any], head: Mapping[str, Any], what: str, *, allow: bool = False,
+    base: Mapping[str, Any],
+    head: Mapping[str, Any],
+    what: str,
+    *,
+    allow: bool = False,
     resuming: bool = False,
 ) -> list[str]:
     """The one setup-mismatch rule: energy measured where a field of ``ENERGY_FIELDS``
@@ -140,13 +152,16 @@ def check_setup(
     energy, other = fingerprint_differences(base, head)
     if energy and resuming:
         raise SetupMismatch(
-            f"{what}: written on another setup ({'; '.join(energy)}); resuming would mix "
-            "incomparable points", energy, allowable=False,
+            f"{what}: written on another setup ({'; '.join(energy)}); resuming would mix incomparable points",
+            energy,
+            allowable=False,
         )
     if energy and not allow:
         raise SetupMismatch(
             f"{what} was measured on another setup ({'; '.join(energy)}); comparing energy "
-            "across it means nothing", energy, allowable=True,
+            "across it means nothing",
+            energy,
+            allowable=True,
         )
     return energy + other
 
@@ -188,7 +203,8 @@ def load_report(path: Path) -> Report:
             raise ReportError(f"{path}: the report has no {key!r} {kind.__name__}")
     for index, point in enumerate(data["points"]):
         missing = [
-            key for key, kind in POINT_FIELDS
+            key
+            for key, kind in POINT_FIELDS
             if not isinstance(point, dict) or not isinstance(point.get(key), kind)
         ]
         if missing:

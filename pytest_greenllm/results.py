@@ -105,4 +105,3 @@ def write_reports(
     for path in paths:
         write_report(path, report)
     return paths
-

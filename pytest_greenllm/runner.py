@@ -103,8 +103,16 @@ def measure_point(
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 
-PROPERTY_METRICS = (TTFT_P99, TBT_P99, TPOT_P99, E2EL_P99, OUTPUT_THROUGHPUT, REQUEST_THROUGHPUT,
-                    J_PER_TOKEN, AVG_POWER)
+PROPERTY_METRICS = (
+    TTFT_P99,
+    TBT_P99,
+    TPOT_P99,
+    E2EL_P99,
+    OUTPUT_THROUGHPUT,
+    REQUEST_THROUGHPUT,
+    J_PER_TOKEN,
+    AVG_POWER,
+)
 
 
 def result_properties(record: PointRecord) -> list[tuple[str, object]]:

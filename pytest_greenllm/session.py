@@ -69,8 +69,7 @@ class GreenLLMSession:
         if not sweep.backend.sources:
             lines.append(f"greenllm: {render(NO_METER, TRY_FAKE, PYTEST_PREFIX)}")
         lines.append(
-            f"greenllm: model={s.model.name}, repeats={s.repeats}, requests={requests}, "
-            f"seed={s.seed}"
+            f"greenllm: model={s.model.name}, repeats={s.repeats}, requests={requests}, seed={s.seed}"
         )
         return lines
 
@@ -130,9 +129,7 @@ class GreenLLMSession:
             point = point_of(item)
             if point is not None and point.id in results.resumed:
                 item.add_marker(
-                    pytest.mark.skip(
-                        reason=f"greenllm: measured before, kept from {results.journal.path}"
-                    )
+                    pytest.mark.skip(reason=f"greenllm: measured before, kept from {results.journal.path}")
                 )
         items[:] = group_by_engine(items, _engine_key)
 

@@ -72,7 +72,9 @@ def build_matrix(
         caps = replace(
             caps,
             parallel_units=min(caps.parallel_units, cores),
-            unit_name="CPU cores (vLLM's CPU build runs the engine)" if cores < caps.parallel_units else caps.unit_name,
+            unit_name="CPU cores (vLLM's CPU build runs the engine)"
+            if cores < caps.parallel_units
+            else caps.unit_name,
         )
     return expand(
         model=settings.model,
@@ -104,16 +106,12 @@ def prepare_reports(
     try:
         if settings.resume_path is not None:
             results.resumed = journal.read()
-            notes.append(
-                f"resuming {settings.resume_path}: {len(results.resumed)} points kept from before"
-            )
+            notes.append(f"resuming {settings.resume_path}: {len(results.resumed)} points kept from before")
         elif journal.path.exists():
             # A journal of an earlier run at the same place: start it afresh.
             journal.path.unlink()
         if settings.baseline_path is not None:
-            results.baseline, baseline_notes = load_baseline(
-                settings.baseline_path, print_, allow_mismatch
-            )
+            results.baseline, baseline_notes = load_baseline(settings.baseline_path, print_, allow_mismatch)
             notes.extend(baseline_notes)
     except ReportError as e:
         raise SetupError(e.message, e.hint, e.subject) from None
@@ -148,7 +146,9 @@ class Sweep:
         if self._meter is None:
             s = self.settings
             self._meter = EnergyMeter(
-                self.backend.sources, sample_hz=s.sample_hz, min_window_s=s.min_window_s,
+                self.backend.sources,
+                sample_hz=s.sample_hz,
+                min_window_s=s.min_window_s,
                 flag_prefix=self.flag_prefix,
             )
             self._meter.measure_idle(max(s.min_window_s, 1.0))
@@ -177,9 +177,7 @@ class Sweep:
             return None
         guard = self.backend.guard
         if guard is None:
-            raise PointSkipped(
-                f"device={self.backend.kind} cannot lock clocks", LEAVE_CLOCKS_ALONE
-            )
+            raise PointSkipped(f"device={self.backend.kind} cannot lock clocks", LEAVE_CLOCKS_ALONE)
         guard.install()
         try:
             locked, _ = guard.lock_clocks(self.backend.gpus[:tp], mhz)
@@ -200,8 +198,7 @@ class Sweep:
     def meter_method(self) -> str | None:
         """How the session's energy was measured: counter, sampled, mixed or None."""
         methods = {
-            r.energy.method for record in self.results.records for r in record.repeats
-            if r.energy is not None
+            r.energy.method for record in self.results.records for r in record.repeats if r.energy is not None
         }
         return methods.pop() if len(methods) == 1 else ("mixed" if methods else None)
 

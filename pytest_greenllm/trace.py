@@ -46,9 +46,7 @@ class Trace:
         if count < 0:
             raise ValueError(f"a request count cannot be negative, got {count}")
         if count > len(self.requests):
-            raise TraceError(
-                f"{self.path}: {count} requests asked for, the trace holds {len(self.requests)}"
-            )
+            raise TraceError(f"{self.path}: {count} requests asked for, the trace holds {len(self.requests)}")
         return self.requests[:count]
 
 
@@ -87,9 +85,7 @@ def load_trace(path: str | Path) -> Trace:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != COLUMNS:
-            raise TraceError(
-                f"{path}:1: expected the header {','.join(COLUMNS)}, found {header!r}"
-            )
+            raise TraceError(f"{path}:1: expected the header {','.join(COLUMNS)}, found {header!r}")
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if not row:
@@ -115,8 +111,7 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: the trace holds no requests")
     start = stamps[0]
     requests = tuple(
-        TraceRequest((stamp - start).total_seconds(), inp, out)
-        for stamp, (inp, out) in zip(stamps, lengths)
+        TraceRequest((stamp - start).total_seconds(), inp, out) for stamp, (inp, out) in zip(stamps, lengths)
     )
     return Trace(str(path), requests)
 
@@ -145,8 +140,7 @@ def derive_buckets(trace: Trace) -> tuple[Bucket, Bucket, Bucket]:
     """S, M and L from the terciles of input and of output lengths, each its median."""
     inputs = _terciles([r.input_tokens for r in trace.requests])
     outputs = _terciles([r.output_tokens for r in trace.requests])
-    s, m, l = (
-        Bucket(name, inp[0], out[0], inp[1], out[1])
-        for name, inp, out in zip("SML", inputs, outputs)
+    small, medium, large = (
+        Bucket(name, inp[0], out[0], inp[1], out[1]) for name, inp, out in zip("SML", inputs, outputs)
     )
-    return s, m, l
+    return small, medium, large

@@ -79,7 +79,10 @@ def parse_slo(text: str, base: Slo | None = None) -> Slo:
             raise SloError(f"{item!r}: the limit must be a number > 0")
         values[name] = limit
     return Slo(
-        values["ttft_p99"], values["tbt_p99"], values["tpot_p99"], values["e2el_p99"],
+        values["ttft_p99"],
+        values["tbt_p99"],
+        values["tpot_p99"],
+        values["e2el_p99"],
         values["throughput_min"],
     )
 
@@ -130,9 +133,7 @@ def slo_violations(summary: Figures, slo: Slo) -> list[Violation]:
             out.append(Violation(name, value, limit, "ms"))
     throughput = summary.output_throughput
     if slo.throughput_min is not None and throughput is not None and throughput < slo.throughput_min:
-        out.append(
-            Violation("throughput_min", throughput, slo.throughput_min, "tok/s")
-        )
+        out.append(Violation("throughput_min", throughput, slo.throughput_min, "tok/s"))
     return out
 
 
@@ -186,9 +187,7 @@ class Regression:
     method: str  # 'bootstrap' or 'threshold (single repeat)'
 
     def message(self, point_id: str) -> str:
-        interval = (
-            f", 95% CI {self.ci_low:+.1%} to {self.ci_high:+.1%}" if self.ci_low is not None else ""
-        )
+        interval = f", 95% CI {self.ci_low:+.1%} to {self.ci_high:+.1%}" if self.ci_low is not None else ""
         return (
             f"energy regression at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
             f"{self.base_mean:.4g} ({self.increase:+.1%}{interval}; tolerance "
@@ -200,9 +199,7 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values)
 
 
-def bootstrap_increase(
-    base: Sequence[float], head: Sequence[float], seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_increase(base: Sequence[float], head: Sequence[float], seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap 95% interval of mean(head) / mean(base) - 1."""
     rng = random.Random(seed)
     ratios = []
@@ -230,11 +227,25 @@ def regression(
     beyond = head_mean > base_mean * (1 + tolerance)
     if len(base) < 2 or len(head) < 2:
         return Regression(
-            metric, base_mean, head_mean, increase, None, None, tolerance,
-            beyond, "threshold (single repeat)",
+            metric,
+            base_mean,
+            head_mean,
+            increase,
+            None,
+            None,
+            tolerance,
+            beyond,
+            "threshold (single repeat)",
         )
     low, high = bootstrap_increase(base, head, seed)
     return Regression(
-        metric, base_mean, head_mean, increase, low, high, tolerance,
-        beyond and low > 0, "bootstrap",
+        metric,
+        base_mean,
+        head_mean,
+        increase,
+        low,
+        high,
+        tolerance,
+        beyond and low > 0,
+        "bootstrap",
     )

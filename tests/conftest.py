@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fake_engine import STEP_ENV, conftest_source
 
 POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
@@ -15,8 +14,8 @@ POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
 def vllm_imported() -> None:
     """pytester drops the modules an in-process run imported when it ends: without this,
     every run would import vLLM (seconds) afresh."""
-    import vllm  # noqa: F401
-    import vllm.inputs  # noqa: F401
+    import vllm
+    import vllm.inputs
     import vllm.sampling_params  # noqa: F401
 
 
@@ -28,8 +27,12 @@ def sweep(
     # The guard's and the fake driver's state files default to machine-wide places.
     monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
     monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
-    for name in ("GREENLLM_FAKE_POWER_SCALE", "GREENLLM_FAKE_FAIL", "GREENLLM_FAKE_GPUS",
-                 "CUDA_VISIBLE_DEVICES"):
+    for name in (
+        "GREENLLM_FAKE_POWER_SCALE",
+        "GREENLLM_FAKE_FAIL",
+        "GREENLLM_FAKE_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+    ):
         monkeypatch.delenv(name, raising=False)
     # 16 steps of 10 ms: a window longer than the fake counter's 100 ms update, so that no
     # point reads 0 J.

@@ -27,8 +27,7 @@ def main() -> None:
     )
     params = SamplingParams(max_tokens=output_tokens, min_tokens=output_tokens, ignore_eos=True)
     prompts = [
-        TokensPrompt(prompt_token_ids=list(prompt_token_ids(0, input_tokens, i)))
-        for i in range(count)
+        TokensPrompt(prompt_token_ids=list(prompt_token_ids(0, input_tokens, i))) for i in range(count)
     ]
     start = time.monotonic()
     outputs = llm.generate(prompts, params, use_tqdm=False)

@@ -7,8 +7,8 @@ gets one new token per step; at most ``max_num_seqs`` run at once, the rest wait
 
 Runs of pytest made by the tests load it through :func:`conftest_source`, which puts this
 directory on ``sys.path`` (it works for in-process and subprocess runs alike) and supplies
-the driver through the plugin's ``pytest_greenllm_make_driver`` hook. The step time comes from the environment so that a
-test can slow one run down without rewriting the conftest.
+the driver through the plugin's ``pytest_greenllm_make_driver`` hook. The step time comes
+from the environment so that a test can slow one run down without rewriting the conftest.
 """
 
 from __future__ import annotations

@@ -16,15 +16,23 @@ import pytest
 from pytest_greenllm.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fake_engine  # noqa: E402
+import fake_engine
 
 # A constant simulated load and engine steps long enough that each window covers many of
 # the fake counter's 100 ms updates: the injected 10% must stand out of the noise.
 KNOBS = (
-    "--greenllm", "--greenllm-device=fake", "--greenllm-tp=1", "--greenllm-batch=2",
-    "--greenllm-workloads=8:16,16:16", "--greenllm-freqs=1410", "--greenllm-requests=4",
-    "--greenllm-repeats=3", "--greenllm-cooldown=0", "--greenllm-min-window=0.5",
-    "-p", "no:cacheprovider",
+    "--greenllm",
+    "--greenllm-device=fake",
+    "--greenllm-tp=1",
+    "--greenllm-batch=2",
+    "--greenllm-workloads=8:16,16:16",
+    "--greenllm-freqs=1410",
+    "--greenllm-requests=4",
+    "--greenllm-repeats=3",
+    "--greenllm-cooldown=0",
+    "--greenllm-min-window=0.5",
+    "-p",
+    "no:cacheprovider",
 )
 POINTS = ("8x16-tp1-b2-1410MHz", "16x16-tp1-b2-1410MHz")
 
@@ -44,9 +52,19 @@ def sweep(directory: Path, out: str, power_scale: str = "1") -> Path:
     """The workflow's sweep step, in a child process as CI would run it."""
     env = {**os.environ, "GREENLLM_FAKE_POWER_SCALE": power_scale}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", *KNOBS, f"--greenllm-json={out}/report.json",
-         f"--junitxml={out}/junit.xml"],
-        cwd=directory, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *KNOBS,
+            f"--greenllm-json={out}/report.json",
+            f"--junitxml={out}/junit.xml",
+        ],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return directory / out / "report.json"
@@ -54,10 +72,21 @@ def sweep(directory: Path, out: str, power_scale: str = "1") -> Path:
 
 def gate(base: Path, head: Path, summary: Path) -> int:
     """The workflow's compare step."""
-    return main([
-        "compare", str(base), str(head), "--format", "markdown", "--tolerance", "5%",
-        "--missing-baseline", "pass", "--output", str(summary),
-    ])
+    return main(
+        [
+            "compare",
+            str(base),
+            str(head),
+            "--format",
+            "markdown",
+            "--tolerance",
+            "5%",
+            "--missing-baseline",
+            "pass",
+            "--output",
+            str(summary),
+        ]
+    )
 
 
 @pytest.mark.e2e

@@ -29,7 +29,16 @@ def test_knobs_prints_the_matrix_as_a_table(
     assert status == 0
     assert out[0] == "greenllm: 6 points, 2 engine builds, device=fake (NVIDIA H100 80GB HBM3)"
     assert out[1].split() == [
-        "point", "engine", "workload", "in", "tok", "out", "tok", "tp", "batch", "clock"
+        "point",
+        "engine",
+        "workload",
+        "in",
+        "tok",
+        "out",
+        "tok",
+        "tp",
+        "batch",
+        "clock",
     ]
     assert out[3].split() == ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "1410MHz"]
     assert out[-1].split() == ["L-tp2-b8-1410MHz", "2", "L", "4096", "512", "2", "8", "1410MHz"]
@@ -39,8 +48,7 @@ def test_knobs_reads_the_same_ini_as_pytest(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\ngreenllm_tp = ["1"]\ngreenllm_workloads = "M"\n'
-        'greenllm_batch = "4"\n'
+        '[tool.pytest.ini_options]\ngreenllm_tp = ["1"]\ngreenllm_workloads = "M"\ngreenllm_batch = "4"\n'
     )
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")

@@ -16,8 +16,14 @@ import pytest
 from pytest_greenllm.devices.fake_nvml import POWER_LIMIT_RANGE_MW
 
 KNOBS = (
-    "--greenllm", "--greenllm-device=fake", "--greenllm-cooldown=0", "--greenllm-min-window=0.5",
-    "--greenllm-tp=1", "--greenllm-batch=1", "--greenllm-workloads=S", "--greenllm-freqs=1410",
+    "--greenllm",
+    "--greenllm-device=fake",
+    "--greenllm-cooldown=0",
+    "--greenllm-min-window=0.5",
+    "--greenllm-tp=1",
+    "--greenllm-batch=1",
+    "--greenllm-workloads=S",
+    "--greenllm-freqs=1410",
 )
 
 # The test files read the fake driver's state through this, from inside the run.
@@ -62,9 +68,7 @@ class Clocks:
 
 
 @pytest.fixture
-def clocks(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Clocks:
+def clocks(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Clocks:
     clocks = Clocks(tmp_path)
     monkeypatch.setenv("GREENLLM_FAKE_STATE", str(clocks.fake_state))
     monkeypatch.setenv("GREENLLM_STATE_FILE", str(clocks.guard_state))
@@ -120,9 +124,7 @@ def test_the_point_clock_is_locked_during_the_test_and_reset_after(
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
-def test_indirect_parametrization_locks_each_clock_snapped(
-    pytester: pytest.Pytester, clocks: Clocks
-) -> None:
+def test_indirect_parametrization_locks_each_clock_snapped(pytester: pytest.Pytester, clocks: Clocks) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -164,9 +166,7 @@ def test_refused_permission_skips_the_point_with_what_to_do(
     pytester.makepyfile(MIXED_TESTS)
     result = pytester.runpytest(*KNOBS, "-rs")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(
-        ["SKIPPED [[]1[]] *: clocks not locked: GPU 0: lock clocks at 1410 MHz: *"]
-    )
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] *: clocks not locked: GPU 0: lock clocks at 1410 MHz: *"])
     skip_line = next(line for line in result.outlines if line.startswith("SKIPPED"))
     assert "run as root" in skip_line
     assert "--greenllm-freqs=default" in skip_line
@@ -199,9 +199,7 @@ def test_energy(energy_meter):
 """
 
 
-def test_energy_meter_measures_a_window_on_the_fake(
-    pytester: pytest.Pytester, clocks: Clocks
-) -> None:
+def test_energy_meter_measures_a_window_on_the_fake(pytester: pytest.Pytester, clocks: Clocks) -> None:
     pytester.makepyfile(ENERGY_TEST)
     pytester.runpytest(*KNOBS).assert_outcomes(passed=1)
 
@@ -210,9 +208,7 @@ def test_energy_meter_skips_without_a_meter_and_says_how_to_get_one(
     pytester: pytest.Pytester, clocks: Clocks
 ) -> None:
     pytester.makepyfile(ENERGY_TEST)
-    result = pytester.runpytest(
-        *KNOBS, "--greenllm-device=none", "--greenllm-freqs=default", "-rs"
-    )
+    result = pytester.runpytest(*KNOBS, "--greenllm-device=none", "--greenllm-freqs=default", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(
         [
@@ -230,9 +226,7 @@ def test_limited():
 """
 
 
-def test_power_limit_holds_for_the_session_and_is_put_back(
-    pytester: pytest.Pytester, clocks: Clocks
-) -> None:
+def test_power_limit_holds_for_the_session_and_is_put_back(pytester: pytest.Pytester, clocks: Clocks) -> None:
     pytester.makepyfile(POWER_LIMIT_TEST)
     pytester.runpytest(*KNOBS, "--greenllm-power-limit=400").assert_outcomes(passed=1)
     assert clocks.limits_mw() == [POWER_LIMIT_RANGE_MW[1]] * 2
@@ -259,8 +253,7 @@ def test_power_limit_out_of_range_is_a_one_line_usage_error(
     result = pytester.runpytest(*KNOBS, f"--greenllm-power-limit={watts}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.errlines if line.strip()] == [
-        f"ERROR: setting the power limit: GPU 0: a power limit of {watts} W is outside its "
-        "200-700 W range"
+        f"ERROR: setting the power limit: GPU 0: a power limit of {watts} W is outside its 200-700 W range"
     ]
     assert clocks.limits_mw() in ([], [POWER_LIMIT_RANGE_MW[1]] * 2)
     assert not clocks.guard_state.exists()

@@ -67,9 +67,10 @@ RESET_BOTH = "[None, None] False"
 
 def run_guard_script(tmp_path: Path, how: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", GUARD_SCRIPT, str(tmp_path / "fake.json"),
-         str(tmp_path / "guard.json"), how],
-        capture_output=True, text=True, timeout=TIMEOUT_S,
+        [sys.executable, "-c", GUARD_SCRIPT, str(tmp_path / "fake.json"), str(tmp_path / "guard.json"), how],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
 
 
@@ -98,9 +99,16 @@ def test_sigint_resets_clocks_before_keyboard_interrupt(tmp_path: Path) -> None:
 
 def test_sigkill_leaves_the_record_and_recover_stale_resets(tmp_path: Path) -> None:
     result = subprocess.Popen(
-        [sys.executable, "-c", GUARD_SCRIPT, str(tmp_path / "fake.json"),
-         str(tmp_path / "guard.json"), "SIGKILL"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            GUARD_SCRIPT,
+            str(tmp_path / "fake.json"),
+            str(tmp_path / "guard.json"),
+            "SIGKILL",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     stdout, _ = result.communicate(timeout=TIMEOUT_S)
     assert stdout == f"before {LOCKED_BOTH}\n"
@@ -110,9 +118,7 @@ def test_sigkill_leaves_the_record_and_recover_stale_resets(tmp_path: Path) -> N
 
     session = NvmlSession(FakeNvml(gpus=2, state_path=tmp_path / "fake.json"))
     guard = ClockGuard(session, tmp_path / "guard.json")
-    assert guard.recover_stale() == [
-        f"reset what a killed run (pid {result.pid}) left changed: gpu0, gpu1"
-    ]
+    assert guard.recover_stale() == [f"reset what a killed run (pid {result.pid}) left changed: gpu0, gpu1"]
     assert fake_locks(tmp_path / "fake.json") == [None, None]
     assert not (tmp_path / "guard.json").exists()
 
@@ -143,8 +149,14 @@ def test_point(greenllm_point):
 """
 
 KNOBS = (
-    "--greenllm", "--greenllm-device=fake", "--greenllm-cooldown=0", "--greenllm-min-window=0.5",
-    "--greenllm-tp=1", "--greenllm-batch=1", "--greenllm-workloads=S", "--greenllm-freqs=1410",
+    "--greenllm",
+    "--greenllm-device=fake",
+    "--greenllm-cooldown=0",
+    "--greenllm-min-window=0.5",
+    "--greenllm-tp=1",
+    "--greenllm-batch=1",
+    "--greenllm-workloads=S",
+    "--greenllm-freqs=1410",
 )
 
 
@@ -171,7 +183,10 @@ def start_holding_run(pytester: pytest.Pytester, fake_state: Path) -> subprocess
     pytester.makepyfile(test_hold=HOLDING_TEST)
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *KNOBS, "test_hold.py"],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + TIMEOUT_S
     while not locked_gpu0(fake_state):
@@ -227,9 +242,7 @@ def test_after_sigkill_the_next_run_resets_what_was_left(
     plain = pytester.makepyfile(PLAIN_TEST)
     result = pytester.runpytest(*KNOBS, plain)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [f"greenllm: reset what a killed run (pid {child.pid}) left changed: gpu0"]
-    )
+    result.stdout.fnmatch_lines([f"greenllm: reset what a killed run (pid {child.pid}) left changed: gpu0"])
     assert fake_locks(fake_state) == [None, None]
     assert not guard_state.exists()
 
@@ -264,7 +277,11 @@ def run_with_refused_reset(pytester: pytest.Pytester) -> subprocess.CompletedPro
     env = {**os.environ, "GREENLLM_FAKE_FAIL": "nvmlDeviceResetGpuLockedClocks=4"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *KNOBS],
-        cwd=pytester.path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+        cwd=pytester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
 
 

@@ -49,7 +49,9 @@ def save(directory: Path, name: str, report: dict[str, Any]) -> str:
 
 
 def compare(tmp_path: Path, head: dict[str, Any], *options: str) -> int:
-    return main(["compare", save(tmp_path, "base.json", example()), save(tmp_path, "head.json", head), *options])
+    return main(
+        ["compare", save(tmp_path, "base.json", example()), save(tmp_path, "head.json", head), *options]
+    )
 
 
 def test_a_report_against_itself_passes(tmp_path: Path, capsys: Capsys) -> None:
@@ -88,12 +90,14 @@ def test_markdown_is_a_github_table_with_bold_regressions(tmp_path: Path, capsys
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(report: dict[str, Any]) -> None:
         report[key] = value
+
     return edit
 
 
 def _fingerprint(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(report: dict[str, Any]) -> None:
         report["fingerprint"][key] = value
+
     return edit
 
 
@@ -108,7 +112,10 @@ def _rename_points(report: dict[str, Any]) -> None:
         (_set("schema_version", 2), "schema_version 2, this pytest-greenllm reads 1"),
         (_rename_points, "share no knob point"),
         (_fingerprint("device", "nvml"), "device: 'fake' -> 'nvml'"),
-        (_fingerprint("gpu_model", "NVIDIA A100-SXM4-40GB"), "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100"),
+        (
+            _fingerprint("gpu_model", "NVIDIA A100-SXM4-40GB"),
+            "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100",
+        ),
     ],
     ids=["schema-2", "disjoint", "device", "gpu-model"],
 )
@@ -152,7 +159,9 @@ def test_allow_mismatch_lists_the_difference_above_the_table(
     head["fingerprint"]["gpu_model"] = "NVIDIA A100-SXM4-40GB"
     assert compare(tmp_path, head, "--allow-mismatch", "--format", output) == 1
     out = capsys.readouterr().out.splitlines()
-    note = next(i for i, line in enumerate(out) if "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100" in line)
+    note = next(
+        i for i, line in enumerate(out) if "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100" in line
+    )
     table = next(i for i, line in enumerate(out) if "verdict" in line)
     assert note < table
 
@@ -169,8 +178,12 @@ def test_points_in_one_report_only_are_listed_not_failed(tmp_path: Path, capsys:
 
 def point(id_: str, j: float, watts: float, throughput: float, tbt: float, met: bool = True) -> PointRecord:
     summary = dataclasses.replace(
-        summarise(()), j_per_output_token=j, avg_power_w=watts, output_throughput=throughput,
-        ttft_p99_ms=100.0, itl_p99_ms=tbt,
+        summarise(()),
+        j_per_output_token=j,
+        avg_power_w=watts,
+        output_throughput=throughput,
+        ttft_p99_ms=100.0,
+        itl_p99_ms=tbt,
     )
     # A point that missed its SLO says so in its verdicts; one that met it has none missed.
     missed = () if met else (Violation("tbt_p99", tbt, tbt / 2, "ms"),)
@@ -210,7 +223,9 @@ def test_recommend_picks_one_point_per_objective(tmp_path: Path, capsys: Capsys)
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("device: FAKE")
     assert best(out) == {
-        "least energy per token": "eco", "least average power": "quiet", "most throughput": "fast",
+        "least energy per token": "eco",
+        "least average power": "quiet",
+        "most throughput": "fast",
     }
     assert "3 points meet the SLOs, 1 do not: missed" in out
 
@@ -267,7 +282,9 @@ POINTS = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12), st.booleans(
 
 @given(POINTS)
 def test_pareto_frontier_of_the_passing_points(coordinates: list[tuple[int, int, bool]]) -> None:
-    points = [point(f"p{i}", j / 10, 100.0, 100.0, float(tbt), met) for i, (j, tbt, met) in enumerate(coordinates)]
+    points = [
+        point(f"p{i}", j / 10, 100.0, 100.0, float(tbt), met) for i, (j, tbt, met) in enumerate(coordinates)
+    ]
     rec = recommend(Report("nvml", {}, None, {}, {}, tuple(points)))
     passing = [p for p in points if p.slo_met]
     frontier_ids = [p.id for p in rec.frontier]

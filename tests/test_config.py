@@ -60,8 +60,7 @@ def test_parse_positive_ints_rejects(text: str) -> None:
     with pytest.raises(pytest.UsageError) as info:
         parse_positive_ints(raw("tp", text), "tensor-parallel sizes")
     assert str(info.value) == (
-        f"--greenllm-tp={text}: tensor-parallel sizes must be whole numbers >= 1, "
-        "comma separated, e.g. 1,2,4"
+        f"--greenllm-tp={text}: tensor-parallel sizes must be whole numbers >= 1, comma separated, e.g. 1,2,4"
     )
 
 
@@ -121,7 +120,7 @@ def test_parse_device_rejects() -> None:
 
 
 def test_parse_model_errors(tmp_path: Path) -> None:
-    with pytest.raises(pytest.UsageError, match="has no config.json"):
+    with pytest.raises(pytest.UsageError, match=r"has no config\.json"):
         parse_model(raw("model", str(tmp_path)))
     with pytest.raises(pytest.UsageError, match="does not exist"):
         parse_model(raw("model", "./no-such-model"))
@@ -134,16 +133,12 @@ def test_parse_json_path(tmp_path: Path) -> None:
         parse_json_path(raw("json", str(tmp_path)))
 
 
-tp_lists = st.lists(st.integers(1, 64), min_size=1, max_size=4).map(
-    lambda values: ",".join(map(str, values))
-)
+tp_lists = st.lists(st.integers(1, 64), min_size=1, max_size=4).map(lambda values: ",".join(map(str, values)))
 
 
 @given(cli=st.none() | tp_lists, ini=st.just("") | tp_lists)
 def test_cli_wins_over_ini_wins_over_default(cli: str | None, ini: str) -> None:
-    settings = Settings.from_sources(
-        True, {"greenllm_tp": cli}, {"greenllm_tp": ini}, "--greenllm-"
-    )
+    settings = Settings.from_sources(True, {"greenllm_tp": cli}, {"greenllm_tp": ini}, "--greenllm-")
     winner = cli if cli is not None else ini or OPTIONS_BY_NAME["tp"].default
     assert settings.tps == tuple(dict.fromkeys(int(v) for v in winner.split(",")))
 

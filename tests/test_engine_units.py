@@ -183,9 +183,7 @@ def test_cache_shuts_the_old_engine_down_first(monkeypatch: pytest.MonkeyPatch) 
     assert rig.cache.get(spec(batch=16)) == "llm-b16"
     assert rig.cache.builds == 2
     # The old engine's memory is read after its shutdown and before the new build.
-    assert rig.log == [
-        "rss", "build b8", "rss", "shutdown llm-b8", "rss", "rss", "build b16", "rss"
-    ]
+    assert rig.log == ["rss", "build b8", "rss", "shutdown llm-b8", "rss", "rss", "build b16", "rss"]
     rig.cache.close()
     rig.cache.close()
     assert rig.log.count("shutdown llm-b16") == 1
@@ -300,10 +298,10 @@ def test_result_properties() -> None:
     energy = energy_figures(window(DEVICES), metrics, 100.0)
     result = PointResult(point, 1410, (earlier, RepeatResult(metrics, energy)))
     # An SLO missed, an energy regression, and 2 of 3 requests good.
-    regressed = Regression("j_per_output_token", 40.0, 50.0, 0.25, None, None, 0.05, True,
-                           "threshold (single repeat)")
-    verdicts = Verdicts((Violation("tbt_p99", 148.75, 100.0, "ms"),), (regressed,),
-                        Goodput(2, 3, 2.0, None))
+    regressed = Regression(
+        "j_per_output_token", 40.0, 50.0, 0.25, None, None, 0.05, True, "threshold (single repeat)"
+    )
+    verdicts = Verdicts((Violation("tbt_p99", 148.75, 100.0, "ms"),), (regressed,), Goodput(2, 3, 2.0, None))
     props = dict(result_properties(PointRecord.of(result, verdicts)))
     # Latencies and throughputs are means over both repeats; energy over the metered one only.
     assert props == {
@@ -330,7 +328,16 @@ def test_result_properties() -> None:
     assert names == [
         f"greenllm_{name}"
         for name in (
-            "point", "clock_mhz", "repeats", "ttft_p99_ms", "itl_p99_ms", "tpot_p99_ms",
-            "e2el_p99_ms", "output_throughput", "request_throughput", "slo_met", "goodput_share",
+            "point",
+            "clock_mhz",
+            "repeats",
+            "ttft_p99_ms",
+            "itl_p99_ms",
+            "tpot_p99_ms",
+            "e2el_p99_ms",
+            "output_throughput",
+            "request_throughput",
+            "slo_met",
+            "goodput_share",
         )
     ]

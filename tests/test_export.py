@@ -18,7 +18,10 @@ SMALLER = {"energy per output token": "J/token", "average power": "W", "p99 TTFT
 
 
 def test_github_action_benchmark_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", str(REPORT), "--format", "github-action-benchmark", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(["export", str(REPORT), "--format", "github-action-benchmark", "--output-dir", str(tmp_path)])
+        == 0
+    )
     smaller = json.loads((tmp_path / "smaller-is-better.json").read_text())
     bigger = json.loads((tmp_path / "bigger-is-better.json").read_text())
     # The action's custom tools read a list of {name, unit, value[, range, extra]}.
@@ -42,7 +45,11 @@ def test_bencher_metric_format(tmp_path: Path) -> None:
     assert sorted(bmf) == sorted(POINTS)
     for measures in bmf.values():
         assert set(measures) == {
-            "energy-per-output-token", "average-power", "ttft-p99", "tbt-p99", "output-throughput",
+            "energy-per-output-token",
+            "average-power",
+            "ttft-p99",
+            "tbt-p99",
+            "output-throughput",
         }
         for metric in measures.values():
             assert set(metric) <= {"value", "lower_value", "upper_value"}

@@ -8,17 +8,23 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-
 from fake_engine import STEP_ENV
+
 from pytest_greenllm.devices import fake_nvml
 from pytest_greenllm.devices.fake_nvml import cpu_busy_fraction
 
 KNOBS = (
-    "--greenllm", "--greenllm-device=fake", "--greenllm-cooldown=0", "--greenllm-min-window=0.1",
-    "--greenllm-tp=1", "--greenllm-batch=2", "--greenllm-workloads=8:4,16:4", "--greenllm-freqs=1410",
+    "--greenllm",
+    "--greenllm-device=fake",
+    "--greenllm-cooldown=0",
+    "--greenllm-min-window=0.1",
+    "--greenllm-tp=1",
+    "--greenllm-batch=2",
+    "--greenllm-workloads=8:4,16:4",
+    "--greenllm-freqs=1410",
 )
 POINTS = ("8x4-tp1-b2-1410MHz", "16x4-tp1-b2-1410MHz")
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
@@ -36,12 +42,16 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_sweep_writes_json_junit_and_summary(sweep: pytest.Pytester) -> None:
-    result = sweep.runpytest(*KNOBS, "--greenllm-repeats=2", "--greenllm-json=out/report.json",
-                             "--junitxml=junit.xml")
+    result = sweep.runpytest(
+        *KNOBS, "--greenllm-repeats=2", "--greenllm-json=out/report.json", "--junitxml=junit.xml"
+    )
     result.assert_outcomes(passed=2)
     report = load(sweep.path / "out" / "report.json")
     assert (report["schema"], report["schema_version"], report["device"]) == (
-        "pytest-greenllm report", 1, "fake")
+        "pytest-greenllm report",
+        1,
+        "fake",
+    )
     assert [p["id"] for p in report["points"]] == list(POINTS)
     for point in report["points"]:
         assert len(point["repeats"]) == 2
@@ -63,11 +73,13 @@ def test_sweep_writes_json_junit_and_summary(sweep: pytest.Pytester) -> None:
         assert props["greenllm_slo_met"] == "True"
         assert props["greenllm_meter_method"] in ("counter", "sampled", "mixed")
 
-    result.stdout.fnmatch_lines([
-        "*point*reps*TTFT p99 ms*J/tok*avg W*SLO*energy*best",
-        "greenllm: report written: out/report.json",
-        "greenllm: report written: */.greenllm/*.json",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*point*reps*TTFT p99 ms*J/tok*avg W*SLO*energy*best",
+            "greenllm: report written: out/report.json",
+            "greenllm: report written: */.greenllm/*.json",
+        ]
+    )
     autosaved = list((sweep.path / ".greenllm").glob("*.json"))
     assert len(autosaved) == 1 and load(autosaved[0])["points"] == report["points"]
     # Every objective's best point is marked exactly once: E, P and T in the last column.
@@ -77,8 +89,9 @@ def test_sweep_writes_json_junit_and_summary(sweep: pytest.Pytester) -> None:
 
 
 def test_too_tight_slo_fails_each_point_with_one_line(sweep: pytest.Pytester) -> None:
-    result = sweep.runpytest(*KNOBS, "--greenllm-slo=ttft_p99=0.001ms", "--greenllm-json=r.json",
-                             "--junitxml=junit.xml")
+    result = sweep.runpytest(
+        *KNOBS, "--greenllm-slo=ttft_p99=0.001ms", "--greenllm-json=r.json", "--junitxml=junit.xml"
+    )
     # Failed, not errors at setup: the test body ran, the verdict came after it.
     result.assert_outcomes(failed=2, errors=0)
     for point in POINTS:
@@ -114,23 +127,31 @@ def test_energy_regression_fails_and_unchanged_rerun_passes(
     result = sweep.runpytest(*gate, "--greenllm-baseline=base.json", "--greenllm-json=worse.json")
     result.assert_outcomes(failed=2)
     for point in POINTS:
-        result.stdout.fnmatch_lines([
-            f"energy regression at {point}: j_per_output_token * vs baseline * (+*, 95% CI "
-            "*; tolerance 5%, bootstrap)"
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                f"energy regression at {point}: j_per_output_token * vs baseline * (+*, 95% CI "
+                "*; tolerance 5%, bootstrap)"
+            ]
+        )
     worse = load(sweep.path / "worse.json")
     assert all(p["verdicts"]["regressed"] for p in worse["points"])
 
     # Unchanged, but for those bursts: an unchanged rerun flaked here at 50% tolerance (a
     # point read +97%), so this check allows 300%; it is about a clean comparison passing.
     monkeypatch.delenv("GREENLLM_FAKE_POWER_SCALE")
-    result = sweep.runpytest(*gate, "--greenllm-baseline=base.json", "--greenllm-json=same.json",
-                             "--greenllm-energy-tolerance=300%")
+    result = sweep.runpytest(
+        *gate,
+        "--greenllm-baseline=base.json",
+        "--greenllm-json=same.json",
+        "--greenllm-energy-tolerance=300%",
+    )
     result.assert_outcomes(passed=2)
     same = load(sweep.path / "same.json")
     for point in same["points"]:
         assert {r["metric"] for r in point["verdicts"]["regressions"]} == {
-            "j_per_output_token", "avg_power_w"}
+            "j_per_output_token",
+            "avg_power_w",
+        }
         assert point["verdicts"]["regressed"] is False
 
 
@@ -145,13 +166,13 @@ def single_error_line(result: pytest.RunResult) -> str:
     [
         ("{not json", "base.json: not JSON"),
         ('{"points": []}', "base.json: not a pytest-greenllm report"),
-        ('{"schema": "pytest-greenllm report", "schema_version": 2, "points": []}',
-         "base.json: schema_version 2, this pytest-greenllm reads 1"),
+        (
+            '{"schema": "pytest-greenllm report", "schema_version": 2, "points": []}',
+            "base.json: schema_version 2, this pytest-greenllm reads 1",
+        ),
     ],
 )
-def test_unusable_baseline_is_a_one_line_usage_error(
-    sweep: pytest.Pytester, content: str, why: str
-) -> None:
+def test_unusable_baseline_is_a_one_line_usage_error(sweep: pytest.Pytester, content: str, why: str) -> None:
     (sweep.path / "base.json").write_text(content)
     result = sweep.runpytest(*KNOBS, "--greenllm-baseline=base.json")
     assert result.ret == USAGE_ERROR
@@ -164,20 +185,21 @@ def test_missing_baseline_is_a_usage_error(sweep: pytest.Pytester) -> None:
     assert single_error_line(result) == "ERROR: --greenllm-baseline=gone.json: gone.json does not exist"
 
 
-def test_baseline_of_another_device_is_refused_unless_allowed(
-    sweep: pytest.Pytester, baseline: Path
-) -> None:
+def test_baseline_of_another_device_is_refused_unless_allowed(sweep: pytest.Pytester, baseline: Path) -> None:
     report = load(baseline)
     report["fingerprint"]["device"] = "none"
     baseline.write_text(json.dumps(report))
     result = sweep.runpytest(*KNOBS, "--greenllm-baseline=base.json")
     assert result.ret == USAGE_ERROR
-    assert "base.json was measured on another setup (device: 'none' -> 'fake')" in (
-        single_error_line(result))
+    assert "base.json was measured on another setup (device: 'none' -> 'fake')" in (single_error_line(result))
     # Single repeats are judged by a plain threshold: a generous tolerance keeps this about
     # the refusal, not about the fake's noise.
-    result = sweep.runpytest(*KNOBS, "--greenllm-baseline=base.json", "--greenllm-allow-mismatch",
-                             "--greenllm-energy-tolerance=1000%")
+    result = sweep.runpytest(
+        *KNOBS,
+        "--greenllm-baseline=base.json",
+        "--greenllm-allow-mismatch",
+        "--greenllm-energy-tolerance=1000%",
+    )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["greenllm: *differs: device: 'none' -> 'fake'"])
 
@@ -190,37 +212,43 @@ def test_refusal_names_the_flag_that_overrides_it(sweep: pytest.Pytester) -> Non
     assert "--greenllm-allow-mismatch" in single_error_line(result)
 
 
-def test_baseline_of_zero_energy_does_not_crash_the_run(
-    sweep: pytest.Pytester, baseline: Path
-) -> None:
+def test_baseline_of_zero_energy_does_not_crash_the_run(sweep: pytest.Pytester, baseline: Path) -> None:
     report = load(baseline)
     zero = {"j_per_output_token_repeats": [0.0], "avg_power_w_repeats": [0.0]}
     report["points"] = [{**report["points"][0], "summary": {**report["points"][0]["summary"], **zero}}]
     report["fingerprint"] = {}
     baseline.write_text(json.dumps(report))
-    result = sweep.runpytest(*KNOBS, "--greenllm-workloads=8:4", "--greenllm-baseline=base.json",
-                             "--greenllm-allow-mismatch", "--greenllm-json=head.json")
+    result = sweep.runpytest(
+        *KNOBS,
+        "--greenllm-workloads=8:4",
+        "--greenllm-baseline=base.json",
+        "--greenllm-allow-mismatch",
+        "--greenllm-json=head.json",
+    )
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     assert [p["id"] for p in load(sweep.path / "head.json")["points"]] == [POINTS[0]]
 
 
-def test_points_missing_on_either_side_are_listed_not_failed(
-    sweep: pytest.Pytester, baseline: Path
-) -> None:
-    result = sweep.runpytest(*KNOBS, "--greenllm-workloads=16:4,24:4", "--greenllm-baseline=base.json",
-                             "--greenllm-energy-tolerance=1000%")
+def test_points_missing_on_either_side_are_listed_not_failed(sweep: pytest.Pytester, baseline: Path) -> None:
+    result = sweep.runpytest(
+        *KNOBS,
+        "--greenllm-workloads=16:4,24:4",
+        "--greenllm-baseline=base.json",
+        "--greenllm-energy-tolerance=1000%",
+    )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "greenllm: not in the baseline, not compared: 24x4-tp1-b2-1410MHz",
-        "greenllm: in the baseline, not measured now: 8x4-tp1-b2-1410MHz",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "greenllm: not in the baseline, not compared: 24x4-tp1-b2-1410MHz",
+            "greenllm: in the baseline, not measured now: 8x4-tp1-b2-1410MHz",
+        ]
+    )
 
 
 def test_benchmark_extra_info_carries_the_figures(sweep: pytest.Pytester) -> None:
-    sweep.makepyfile(test_sweep=(
-        "def test_point(greenllm_result, benchmark):\n"
-        "    benchmark(lambda: None)\n"
-    ))
+    sweep.makepyfile(
+        test_sweep=("def test_point(greenllm_result, benchmark):\n    benchmark(lambda: None)\n")
+    )
     sweep.runpytest(*KNOBS, "--benchmark-json=bench.json").assert_outcomes(passed=2)
     benchmarks = load(sweep.path / "bench.json")["benchmarks"]
     assert sorted(b["extra_info"]["greenllm_point"] for b in benchmarks) == sorted(POINTS)
@@ -234,7 +262,7 @@ def test_benchmark_extra_info_carries_the_figures(sweep: pytest.Pytester) -> Non
 class ProcStat:
     """/proc/stat as ``cpu_busy_fraction`` reads it, one scripted text per read."""
 
-    texts: list[str] = []
+    texts: ClassVar[list[str]] = []
 
     def __init__(self, path: str) -> None:
         assert path == "/proc/stat"
@@ -245,8 +273,9 @@ class ProcStat:
 
 def test_fake_load_holds_between_proc_stat_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
     # user nice system idle iowait, in jiffies: 200 busy ones, then no tick at all.
-    monkeypatch.setattr(ProcStat, "texts", ["cpu  100 0 0 100 0\n", "cpu  300 0 0 100 0\n",
-                                            "cpu  300 0 0 100 0\n"])
+    monkeypatch.setattr(
+        ProcStat, "texts", ["cpu  100 0 0 100 0\n", "cpu  300 0 0 100 0\n", "cpu  300 0 0 100 0\n"]
+    )
     monkeypatch.setattr(fake_nvml, "Path", ProcStat)
     busy = cpu_busy_fraction()
     busy()

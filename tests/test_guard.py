@@ -85,9 +85,7 @@ def test_lock_records_before_locking_and_rolls_back_a_refused_lock(
     assert seen_at_lock == [
         {
             "pid": os.getpid(),
-            "devices": {
-                rig.uuids[0]: {"index": 0, "clock_mhz": 1410, "original_power_limit_mw": None}
-            },
+            "devices": {rig.uuids[0]: {"index": 0, "clock_mhz": 1410, "original_power_limit_mw": None}},
         }
     ]
     assert not rig.guard_state.exists()
@@ -168,9 +166,7 @@ def test_power_limit_out_of_range_names_the_range(rig: Rig, limit_mw: int) -> No
 def test_power_limit_is_put_back_by_restore(rig: Rig) -> None:
     rig.guard.set_power_limit(rig.session.gpus, 400_000)
     assert [rig.limit_mw(i) for i in (0, 1)] == [400_000, 400_000]
-    assert [d["original_power_limit_mw"] for d in rig.record()["devices"].values()] == [
-        ORIGINAL_LIMIT_MW
-    ] * 2
+    assert [d["original_power_limit_mw"] for d in rig.record()["devices"].values()] == [ORIGINAL_LIMIT_MW] * 2
     # A second change must still remember the limit from before the first.
     rig.guard.set_power_limit(rig.session.gpus, 300_000)
     assert rig.guard.restore() == ["gpu0", "gpu1"]
@@ -208,9 +204,7 @@ def test_recover_stale_refuses_a_live_run_unless_forced(rig: Rig) -> None:
     assert rig.fake.locked_clocks(1) == (1410, 1410)
     assert rig.guard_state.exists()
 
-    assert rig.guard.recover_stale(force=True) == [
-        f"reset what a killed run (pid {pid}) left changed: gpu1"
-    ]
+    assert rig.guard.recover_stale(force=True) == [f"reset what a killed run (pid {pid}) left changed: gpu1"]
     assert rig.fake.locked_clocks(1) is None
     assert not rig.guard_state.exists()
 

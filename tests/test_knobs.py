@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from pytest_greenllm.devices.base import Capabilities
 from pytest_greenllm.devices.fake_nvml import GPU_NAME as FAKE_GPU_NAME
 from pytest_greenllm.devices.fake_nvml import GRAPHICS_CLOCKS_MHZ
-
-FAKE_CLOCKS_MHZ = tuple(sorted(GRAPHICS_CLOCKS_MHZ))
 from pytest_greenllm.knobs import (
     ALL_CLOCKS,
     FreqRequest,
@@ -25,6 +23,7 @@ from pytest_greenllm.knobs import (
 from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import DEFAULT_BUCKETS, Workload, custom_workload
 
+FAKE_CLOCKS_MHZ = tuple(sorted(GRAPHICS_CLOCKS_MHZ))
 S, M, L = (Workload(name, *DEFAULT_BUCKETS[name]) for name in "SML")
 
 
@@ -46,8 +45,12 @@ def matrix(
     device: Capabilities | None = None,
 ) -> Matrix:
     return expand(
-        model=info or model(), tps=tps, batches=batches, workloads=workloads,
-        freqs=freqs, caps=device or caps(),
+        model=info or model(),
+        tps=tps,
+        batches=batches,
+        workloads=workloads,
+        freqs=freqs,
+        caps=device or caps(),
     )
 
 
@@ -61,9 +64,7 @@ def is_grouped(keys: Sequence[Hashable]) -> bool:
     return len(runs) == len(set(runs))
 
 
-clocks_st = st.lists(st.integers(100, 3000), max_size=10, unique=True).map(
-    lambda c: tuple(sorted(c))
-)
+clocks_st = st.lists(st.integers(100, 3000), max_size=10, unique=True).map(lambda c: tuple(sorted(c)))
 freqs_st: st.SearchStrategy[FreqRequest] = st.one_of(
     st.just(ALL_CLOCKS), st.lists(st.none() | st.integers(1, 4000), max_size=5).map(tuple)
 )
@@ -73,26 +74,46 @@ tps_st = st.lists(st.integers(1, 16), min_size=1, max_size=4, unique=True)
 batches_st = st.lists(st.integers(1, 256), min_size=1, max_size=3, unique=True)
 workloads_st = st.lists(
     st.builds(custom_workload, st.integers(1, 8192), st.integers(1, 2048)),
-    min_size=1, max_size=3, unique=True,
+    min_size=1,
+    max_size=3,
+    unique=True,
 )
 
 
 @given(
-    clocks_st, freqs_st, tps_st, batches_st, workloads_st, st.integers(1, 8),
+    clocks_st,
+    freqs_st,
+    tps_st,
+    batches_st,
+    workloads_st,
+    st.integers(1, 8),
     st.builds(model, optional_int, optional_int, st.none() | st.integers(1, 10_000)),
     st.integers(1, 4),
 )
 def test_every_combination_is_kept_or_removed_exactly_once(
-    clocks: tuple[int, ...], freqs: FreqRequest, tps: list[int], batches: list[int],
-    workloads: list[Workload], units: int, info: ModelInfo, reject_modulus: int,
+    clocks: tuple[int, ...],
+    freqs: FreqRequest,
+    tps: list[int],
+    batches: list[int],
+    workloads: list[Workload],
+    units: int,
+    info: ModelInfo,
+    reject_modulus: int,
 ) -> None:
     device = caps(units, clocks)
 
     def reject(point: KnobPoint) -> list[str]:
         return [f"batch {point.batch} rejected"] if point.batch % reject_modulus == 0 else []
 
-    m = expand(model=info, tps=tps, batches=batches, workloads=workloads, freqs=freqs,
-               caps=device, extra_problems=reject)
+    m = expand(
+        model=info,
+        tps=tps,
+        batches=batches,
+        workloads=workloads,
+        freqs=freqs,
+        caps=device,
+        extra_problems=reject,
+    )
     axis = resolve_freqs(freqs, device)
     removed = [point for point, _ in m.removed]
     combinations = len(axis.freqs) * len(tps) * len(batches) * len(workloads)
@@ -111,16 +132,31 @@ def test_every_combination_is_kept_or_removed_exactly_once(
 @pytest.mark.parametrize(
     ("build", "point_id", "reason"),
     [
-        (lambda: matrix(tps=(1, 2, 4), device=caps(units=2)), "S-tp4-b1-default",
-         "tp4 needs 4 GPUs, 2 visible"),
-        (lambda: matrix(tps=(4, 8), info=model(heads=12)), "S-tp8-b1-default",
-         "tp8 does not divide the model's 12 attention heads"),
-        (lambda: matrix(tps=(2, 4), info=model(heads=24, kv=6)), "S-tp4-b1-default",
-         "tp4 and the model's 6 KV heads do not divide"),
-        (lambda: matrix(workloads=(S, L), info=model(ctx=2048)), "L-tp1-b1-default",
-         "workload L needs 4608 tokens of context, the model allows 2048"),
-        (lambda: matrix(freqs=(100, 1410)), "S-tp1-b1-100MHz",
-         f"100 MHz is outside the 210-1980 MHz the {FAKE_GPU_NAME} supports"),
+        (
+            lambda: matrix(tps=(1, 2, 4), device=caps(units=2)),
+            "S-tp4-b1-default",
+            "tp4 needs 4 GPUs, 2 visible",
+        ),
+        (
+            lambda: matrix(tps=(4, 8), info=model(heads=12)),
+            "S-tp8-b1-default",
+            "tp8 does not divide the model's 12 attention heads",
+        ),
+        (
+            lambda: matrix(tps=(2, 4), info=model(heads=24, kv=6)),
+            "S-tp4-b1-default",
+            "tp4 and the model's 6 KV heads do not divide",
+        ),
+        (
+            lambda: matrix(workloads=(S, L), info=model(ctx=2048)),
+            "L-tp1-b1-default",
+            "workload L needs 4608 tokens of context, the model allows 2048",
+        ),
+        (
+            lambda: matrix(freqs=(100, 1410)),
+            "S-tp1-b1-100MHz",
+            f"100 MHz is outside the 210-1980 MHz the {FAKE_GPU_NAME} supports",
+        ),
     ],
     ids=["tp-over-units", "tp-vs-heads", "tp-vs-kv-heads", "context", "clock-out-of-range"],
 )
@@ -147,7 +183,11 @@ def test_workload_filling_the_context_exactly_is_kept() -> None:
 
 def test_extra_problems_are_joined_to_the_builtin_ones() -> None:
     m = expand(
-        model=model(), tps=(1, 2), batches=(1, 16), workloads=(S,), freqs=(None,),
+        model=model(),
+        tps=(1, 2),
+        batches=(1, 16),
+        workloads=(S,),
+        freqs=(None,),
         caps=caps(units=1),
         extra_problems=lambda p: ["no engine for b16", "really"] if p.batch == 16 else [],
     )
@@ -168,10 +208,13 @@ def test_device_without_clocks_collapses_the_axis_to_default(freqs: FreqRequest)
     assert all("cannot lock clocks" in note for note in axis.notes)
 
 
-@given(st.lists(st.integers(100, 3000), min_size=1, max_size=10, unique=True),
-       st.lists(st.none() | st.integers(1, 4000), max_size=6))
-def test_resolved_clocks_are_supported_nearest_and_unique(clock_list: list[int],
-                                                          freqs: list[int | None]) -> None:
+@given(
+    st.lists(st.integers(100, 3000), min_size=1, max_size=10, unique=True),
+    st.lists(st.none() | st.integers(1, 4000), max_size=6),
+)
+def test_resolved_clocks_are_supported_nearest_and_unique(
+    clock_list: list[int], freqs: list[int | None]
+) -> None:
     clocks = tuple(sorted(clock_list))
     axis = resolve_freqs(tuple(freqs), caps(clocks=clocks))
     assert len(set(axis.freqs)) == len(axis.freqs)

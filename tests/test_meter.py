@@ -16,9 +16,8 @@ from pytest_greenllm.devices import fake_nvml as model
 from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.devices.fake_nvml import IDLE_POWER_W, FakeNvml
 from pytest_greenllm.devices.nvml import NvmlSession
+from pytest_greenllm.meter import COUNTER, SAMPLED, EnergyMeter, WindowResult, reason_names, trapezoid_j
 from pytest_greenllm.options import PYTEST_PREFIX
-from pytest_greenllm.meter import COUNTER, SAMPLED, EnergyMeter, WindowResult
-from pytest_greenllm.meter import reason_names, trapezoid_j
 
 GPU_IS_LOST = 15  # NVML_ERROR_GPU_IS_LOST
 IDLE_C = round(model.IDLE_TEMPERATURE_C)
@@ -46,8 +45,9 @@ def run_for(clock: ManualClock, seconds: float, hz: float = 100.0) -> None:
         time.sleep(1 / hz)
 
 
-def meter_on(fake: FakeNvml, clock: Callable[[], float] = time.monotonic,
-             min_window_s: float = 1.0) -> EnergyMeter:
+def meter_on(
+    fake: FakeNvml, clock: Callable[[], float] = time.monotonic, min_window_s: float = 1.0
+) -> EnergyMeter:
     gpus = NvmlSession(fake).gpus
     return EnergyMeter(gpus, sample_hz=100, min_window_s=min_window_s, clock=clock)
 
@@ -62,9 +62,13 @@ def rig(gpus: int = 1, load: float = 0.0) -> tuple[ManualClock, FakeNvml, Energy
     return clock, fake, meter
 
 
-def measured(meter: EnergyMeter, clock: ManualClock, seconds: float,
-             requested_clock_mhz: int | None = None,
-             sources: Sequence[EnergySource] | None = None) -> WindowResult:
+def measured(
+    meter: EnergyMeter,
+    clock: ManualClock,
+    seconds: float,
+    requested_clock_mhz: int | None = None,
+    sources: Sequence[EnergySource] | None = None,
+) -> WindowResult:
     with meter.window(requested_clock_mhz, sources) as handle:
         clock.advance(seconds)
     assert handle.result is not None
@@ -82,8 +86,10 @@ def dynamic_w(load: float) -> float:
 
 def test_counter_and_sampled_paths_agree_on_a_constant_load() -> None:
     clock = ManualClock()
-    fakes = [FakeNvml(gpus=1, clock=clock, seed=1),
-             FakeNvml(gpus=1, clock=clock, seed=2, energy_counter=False)]
+    fakes = [
+        FakeNvml(gpus=1, clock=clock, seed=1),
+        FakeNvml(gpus=1, clock=clock, seed=2, energy_counter=False),
+    ]
     meters = [meter_on(f, clock) for f in fakes]
     for fake in fakes:
         fake.set_load(0.6)
@@ -333,10 +339,13 @@ def test_cool_down_waits_until_within_the_margin_or_gives_up(max_wait_s: float) 
 
 @pytest.mark.parametrize(
     ("mask", "names"),
-    [(0, ()), (0x4, ("SwPowerCap",)), (0x1 | 0x40, ("GpuIdle", "HwThermalSlowdown")),
-     (0x180, ("HwPowerBrakeSlowdown", "DisplayClockSetting")),
-     (0x1000 | 0x8, ("HwSlowdown",))],  # bits NVML may add later are ignored, not fatal
+    [
+        (0, ()),
+        (0x4, ("SwPowerCap",)),
+        (0x1 | 0x40, ("GpuIdle", "HwThermalSlowdown")),
+        (0x180, ("HwPowerBrakeSlowdown", "DisplayClockSetting")),
+        (0x1000 | 0x8, ("HwSlowdown",)),
+    ],  # bits NVML may add later are ignored, not fatal
 )
 def test_reason_names_decode_the_mask(mask: int, names: tuple[str, ...]) -> None:
     assert reason_names(mask) == names
-

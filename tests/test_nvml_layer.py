@@ -27,8 +27,14 @@ from pytest_greenllm.devices.nvml import NvmlSession
 from pytest_greenllm.options import PYTEST_PREFIX
 
 ASCENDING_CLOCKS = tuple(range(210, 1981, 15))  # NVML lists them descending; we want ascending
-ENV = ("CUDA_VISIBLE_DEVICES", "GREENLLM_FAKE_GPUS", "GREENLLM_FAKE_STATE",
-       "GREENLLM_FAKE_POWER_SCALE", "GREENLLM_FAKE_FAIL", "GREENLLM_STATE_FILE")
+ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "GREENLLM_FAKE_GPUS",
+    "GREENLLM_FAKE_STATE",
+    "GREENLLM_FAKE_POWER_SCALE",
+    "GREENLLM_FAKE_FAIL",
+    "GREENLLM_STATE_FILE",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,17 +76,20 @@ def test_session_enumerates_gpus_with_their_info() -> None:
 @pytest.mark.parametrize(
     "visible, expected",
     [
-        ("2,0", [2, 0]), (" 3 , 1", [3, 1]), ("", []),
+        ("2,0", [2, 0]),
+        (" 3 , 1", [3, 1]),
+        ("", []),
         ("{4},1", [4, 1]),  # a UUID
         ("{10:.39}", [10]),  # a unique UUID prefix
         ("GPU-fa4e,1", []),  # a prefix of every UUID picks none
         # CUDA stops at the first entry it cannot use, a duplicate included.
-        ("1,11,2", [1]), ("1,-1,2", [1]), ("1,bogus,2", [1]), ("0,1,0,2", [0, 1]),
+        ("1,11,2", [1]),
+        ("1,-1,2", [1]),
+        ("1,bogus,2", [1]),
+        ("0,1,0,2", [0, 1]),
     ],
 )
-def test_cuda_visible_devices(
-    monkeypatch: pytest.MonkeyPatch, visible: str, expected: list[int]
-) -> None:
+def test_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch, visible: str, expected: list[int]) -> None:
     # Eleven GPUs: the fake's UUIDs differ only in their last digits, so a prefix of
     # GPU 10's that no other GPU shares needs GPUs 10 and up.
     all_uuids = uuids(11)
@@ -158,8 +167,16 @@ def test_setters_without_root_say_how_to_go_on() -> None:
 # --- error mapping -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "code, kind",
-    [(4, NoPermission), (3, NotSupported), (15, DeviceLost), (12, DriverUnavailable),
-     (9, DriverUnavailable), (18, DriverUnavailable), (2, DeviceError), (999, DeviceError)],
+    [
+        (4, NoPermission),
+        (3, NotSupported),
+        (15, DeviceLost),
+        (12, DriverUnavailable),
+        (9, DriverUnavailable),
+        (18, DriverUnavailable),
+        (2, DeviceError),
+        (999, DeviceError),
+    ],
 )
 def test_nvml_codes_map_to_our_errors(code: int, kind: type[DeviceError]) -> None:
     original = pynvml.NVMLError(code)
@@ -310,12 +327,18 @@ def test_env_switches_configure_the_fake(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize(
     "variable, value",
     [
-        ("GREENLLM_FAKE_GPUS", "two"), ("GREENLLM_FAKE_GPUS", "-1"), ("GREENLLM_FAKE_GPUS", "2.5"),
-        ("GREENLLM_FAKE_POWER_SCALE", "x"), ("GREENLLM_FAKE_POWER_SCALE", "-0.5"),
-        ("GREENLLM_FAKE_FAIL", "nvmlInit"), ("GREENLLM_FAKE_FAIL", "nvmlInit=x"),
+        ("GREENLLM_FAKE_GPUS", "two"),
+        ("GREENLLM_FAKE_GPUS", "-1"),
+        ("GREENLLM_FAKE_GPUS", "2.5"),
+        ("GREENLLM_FAKE_POWER_SCALE", "x"),
+        ("GREENLLM_FAKE_POWER_SCALE", "-0.5"),
+        ("GREENLLM_FAKE_FAIL", "nvmlInit"),
+        ("GREENLLM_FAKE_FAIL", "nvmlInit=x"),
         ("GREENLLM_FAKE_FAIL", "init=12"),
-        ("GREENLLM_FAKE_POWER_SCALE", "nan"), ("GREENLLM_FAKE_POWER_SCALE", "inf"),
-        ("GREENLLM_FAKE_GPUS", "0"), ("GREENLLM_FAKE_FAIL", "nvmlDeviceSetGpuLockedClock=4"),
+        ("GREENLLM_FAKE_POWER_SCALE", "nan"),
+        ("GREENLLM_FAKE_POWER_SCALE", "inf"),
+        ("GREENLLM_FAKE_GPUS", "0"),
+        ("GREENLLM_FAKE_FAIL", "nvmlDeviceSetGpuLockedClock=4"),
     ],
 )
 def test_bad_env_values_are_refused_naming_the_variable(

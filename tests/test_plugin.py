@@ -46,9 +46,7 @@ def test_explicit_marker_is_skipped_too(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("--strict-markers").assert_outcomes(skipped=1)
-    pytester.runpytest("--strict-markers", "--greenllm", "--greenllm-device=fake").assert_outcomes(
-        passed=1
-    )
+    pytester.runpytest("--strict-markers", "--greenllm", "--greenllm-device=fake").assert_outcomes(passed=1)
 
 
 def test_flag_on_gives_one_item_per_point(pytester: pytest.Pytester) -> None:
@@ -170,9 +168,7 @@ def test_every_point_removed_skips_with_a_reason(pytester: pytest.Pytester) -> N
         ("--greenllm-trace=missing.csv", "ERROR: --greenllm-trace=missing.csv: missing.csv: cannot read*"),
     ],
 )
-def test_bad_values_end_in_one_usage_error_line(
-    pytester: pytest.Pytester, arg: str, message: str
-) -> None:
+def test_bad_values_end_in_one_usage_error_line(pytester: pytest.Pytester, arg: str, message: str) -> None:
     pytester.makepyfile(POINT_TEST)
     result = pytester.runpytest("--greenllm", arg)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -109,9 +109,7 @@ def test_a_wrapped_counter_is_unwrapped(tmp_path: Path) -> None:
     assert zone.energy_mj() == 12.5
 
 
-def test_unreadable_counter_says_how_to_fix_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreadable_counter_says_how_to_fix_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_zone(tmp_path, "intel-rapl:0", 1000)
     [zone] = find_zones(tmp_path)
     fail_reads_of(monkeypatch, path / "energy_uj", PermissionError(13, "Permission denied"))
@@ -198,9 +196,7 @@ def test_meter_over_rapl_follows_a_live_counter(tmp_path: Path) -> None:
     assert min(powers) >= 0 and result.peak_power_w == max(powers) >= result.avg_power_w > 0
 
 
-def test_concurrent_reads_do_not_invent_a_wrap(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concurrent_reads_do_not_invent_a_wrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_zone(tmp_path, "intel-rapl:0", 1000)
     [zone] = find_zones(tmp_path)
     counter, real = path / "energy_uj", Path.read_text

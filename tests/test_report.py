@@ -15,11 +15,23 @@ import pytest
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics, Stat, SteadyState
 from pytest_greenllm.record import (
-    SCHEMA_VERSION, EnergyFigures, JsonObject, PointRecord, PointResult, RepeatResult, Report,
-    Verdicts, summarise,
+    SCHEMA_VERSION,
+    EnergyFigures,
+    JsonObject,
+    PointRecord,
+    PointResult,
+    RepeatResult,
+    Report,
+    Verdicts,
+    summarise,
 )
 from pytest_greenllm.report import (
-    ENERGY_FIELDS, Journal, ReportError, fingerprint_differences, load_report, write_atomic,
+    ENERGY_FIELDS,
+    Journal,
+    ReportError,
+    fingerprint_differences,
+    load_report,
+    write_atomic,
     write_report,
 )
 from pytest_greenllm.verdicts import Goodput, Regression, Violation
@@ -28,9 +40,16 @@ from pytest_greenllm.workloads import Workload
 DATA = Path(__file__).parent / "data" / "report-v1.json"
 NAN = float("nan")
 FINGERPRINT: dict[str, Any] = {
-    "device": "fake", "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
-    "gpu_uuids": ["GPU-0"], "power_limit_w": 700.0, "driver": "580.95.05", "vllm": "0.32.0",
-    "torch": "2.13.0", "model": "tiny", "meter_method": "counter",
+    "device": "fake",
+    "gpu_model": "NVIDIA H100 80GB HBM3",
+    "gpu_count": 1,
+    "gpu_uuids": ["GPU-0"],
+    "power_limit_w": 700.0,
+    "driver": "580.95.05",
+    "vllm": "0.32.0",
+    "torch": "2.13.0",
+    "model": "tiny",
+    "meter_method": "counter",
 }
 
 
@@ -38,11 +57,18 @@ def run(itl_p99: float, requests: int = 3) -> RunMetrics:
     # Every output is one token long, so TPOT is undefined: its Stat is all NaN and each
     # request's TPOT is None, as run_metrics makes them.
     return RunMetrics(
-        requests=requests, prompt_tokens=32 * requests, output_tokens=requests, duration_s=0.5,
-        ttft_ms=Stat(100.0, 90.0, 140.0, 150.0), tpot_ms=Stat(NAN, NAN, NAN, NAN),
+        requests=requests,
+        prompt_tokens=32 * requests,
+        output_tokens=requests,
+        duration_s=0.5,
+        ttft_ms=Stat(100.0, 90.0, 140.0, 150.0),
+        tpot_ms=Stat(NAN, NAN, NAN, NAN),
         itl_ms=Stat(itl_p99 / 2, itl_p99 / 2, itl_p99 / 1.5, itl_p99),
-        e2el_ms=Stat(200.0, 190.0, 240.0, 250.0), output_throughput=6.0,
-        total_throughput=198.0, request_throughput=6.0, steady=SteadyState(0.1, 0.4, 2),
+        e2el_ms=Stat(200.0, 190.0, 240.0, 250.0),
+        output_throughput=6.0,
+        total_throughput=198.0,
+        request_throughput=6.0,
+        steady=SteadyState(0.1, 0.4, 2),
         request_ttft_ms=tuple(100.0 + i for i in range(requests)),
         request_tpot_ms=(None,) * requests,
         request_e2el_ms=tuple(200.0 + i for i in range(requests)),
@@ -51,10 +77,19 @@ def run(itl_p99: float, requests: int = 3) -> RunMetrics:
 
 def energy(j_per_token: float, watts: float) -> EnergyFigures:
     return EnergyFigures(
-        method="counter", energy_j=3 * j_per_token, j_per_output_token=j_per_token,
-        j_per_request=j_per_token, avg_power_w=watts, peak_power_w=None,
-        steady_j_per_token=None, energy_above_idle_j=None, per_device_j=(("gpu0", 3 * j_per_token),),
-        imbalance=None, sm_clock_mhz=(("gpu0", 1410.0),), clock_strayed=False, short_window=False,
+        method="counter",
+        energy_j=3 * j_per_token,
+        j_per_output_token=j_per_token,
+        j_per_request=j_per_token,
+        avg_power_w=watts,
+        peak_power_w=None,
+        steady_j_per_token=None,
+        energy_above_idle_j=None,
+        per_device_j=(("gpu0", 3 * j_per_token),),
+        imbalance=None,
+        sm_clock_mhz=(("gpu0", 1410.0),),
+        clock_strayed=False,
+        short_window=False,
         warnings=(),
     )
 
@@ -95,8 +130,15 @@ def test_report_round_trips_through_write_atomic_and_load_report(tmp_path: Path)
     write_report(path, original)
     assert load_report(path).to_json() == original.to_json()
     assert record.id == "32x8-tp1-b4-1410MHz"
-    assert record.to_json()["config"]["workload"] == {"name": "32x8", "input_tokens": 32, "output_tokens": 8, "replay": False}
-    assert record.to_json()["verdicts"]["slo_violations"] == [{"metric": "tbt_p99", "measured": 40.0, "limit": 30.0, "unit": "ms"}]
+    assert record.to_json()["config"]["workload"] == {
+        "name": "32x8",
+        "input_tokens": 32,
+        "output_tokens": 8,
+        "replay": False,
+    }
+    assert record.to_json()["verdicts"]["slo_violations"] == [
+        {"metric": "tbt_p99", "measured": 40.0, "limit": 30.0, "unit": "ms"}
+    ]
     # JSON has no NaN: an undefined statistic must be written as null, not as NaN.
     stored = json.loads(path.read_text())["points"][0]
     assert stored["repeats"][0]["metrics"]["tpot_ms"] == dict.fromkeys(("mean", "p50", "p90", "p99"))
@@ -144,8 +186,19 @@ def _without(key: str) -> JsonObject:
         (report_json([FULL_POINT, {**FULL_POINT, "id": None}]), "point 1 lacks id"),
         (report_json([{**FULL_POINT, "summary": None}]), "point 0 lacks summary"),
     ],
-    ids=["missing", "not-json", "a-list", "other-schema", "version-2", "no-fingerprint",
-         "no-points", "no-device", "duplicate-id", "no-id", "no-summary"],
+    ids=[
+        "missing",
+        "not-json",
+        "a-list",
+        "other-schema",
+        "version-2",
+        "no-fingerprint",
+        "no-points",
+        "no-device",
+        "duplicate-id",
+        "no-id",
+        "no-summary",
+    ],
 )
 def test_load_report_errors_name_the_file(tmp_path: Path, content: Any, message: str) -> None:
     path = tmp_path / "report.json"
@@ -184,9 +237,7 @@ def test_point_record_round_trips_through_json() -> None:
         run(20.0), tpot_ms=Stat(30.0, 28.0, 35.0, 40.0), request_tpot_ms=(30.0, 31.0, 32.0)
     )
     regression = Regression("j_per_output_token", 0.5, 0.6, 0.2, 0.1, 0.3, 0.05, True, "bootstrap")
-    verdicts = Verdicts(
-        (Violation("tbt_p99", 40.0, 30.0, "ms"),), (regression,), Goodput(2, 3, 4.0, 0.75)
-    )
+    verdicts = Verdicts((Violation("tbt_p99", 40.0, 30.0, "ms"),), (regression,), Goodput(2, 3, 4.0, 0.75))
     original = PointRecord.of(
         result(RepeatResult(metrics, energy(0.5, 100.0)), RepeatResult(metrics, None)), verdicts
     )
@@ -341,17 +392,27 @@ def test_empty_journal_resumes_as_empty(tmp_path: Path) -> None:
 
 def test_fingerprint_differences_split_energy_fields_from_others() -> None:
     head = {
-        **FINGERPRINT, "device": "nvml", "gpu_model": "NVIDIA A100", "gpu_count": 2,
-        "power_limit_w": 400.0, "model": "big", "driver": "999", "gpu_uuids": ["GPU-1"],
+        **FINGERPRINT,
+        "device": "nvml",
+        "gpu_model": "NVIDIA A100",
+        "gpu_count": 2,
+        "power_limit_w": 400.0,
+        "model": "big",
+        "driver": "999",
+        "gpu_uuids": ["GPU-1"],
     }
     del head["meter_method"]
     energy, other = fingerprint_differences(FINGERPRINT, head)
     assert energy == [
-        "device: 'fake' -> 'nvml'", "gpu_count: 1 -> 2", "gpu_model: 'NVIDIA H100 80GB HBM3' -> "
-        "'NVIDIA A100'", "model: 'tiny' -> 'big'", "power_limit_w: 700.0 -> 400.0",
+        "device: 'fake' -> 'nvml'",
+        "gpu_count: 1 -> 2",
+        "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100'",
+        "model: 'tiny' -> 'big'",
+        "power_limit_w: 700.0 -> 400.0",
     ]
     assert other == [
-        "driver: '580.95.05' -> '999'", "gpu_uuids: ['GPU-0'] -> ['GPU-1']",
+        "driver: '580.95.05' -> '999'",
+        "gpu_uuids: ['GPU-0'] -> ['GPU-1']",
         "meter_method: 'counter' -> None",
     ]
     assert fingerprint_differences(FINGERPRINT, dict(FINGERPRINT)) == ([], [])

@@ -15,13 +15,18 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 import pytest
-
 from fake_engine import STEP_ENV
+
 from pytest_greenllm.devices.fake_nvml import FakeNvml
 
 KNOBS = (
-    "--greenllm", "--greenllm-device=fake", "--greenllm-cooldown=0", "--greenllm-min-window=0.1",
-    "--greenllm-tp=1", "--greenllm-batch=2", "--greenllm-workloads=8:4,16:4,24:4,32:4",
+    "--greenllm",
+    "--greenllm-device=fake",
+    "--greenllm-cooldown=0",
+    "--greenllm-min-window=0.1",
+    "--greenllm-tp=1",
+    "--greenllm-batch=2",
+    "--greenllm-workloads=8:4,16:4,24:4,32:4",
     "--greenllm-freqs=1410",
 )
 POINTS = [f"{n}x4-tp1-b2-1410MHz" for n in (8, 16, 24, 32)]
@@ -43,14 +48,17 @@ def assert_each_point_once(records: list[dict[str, Any]]) -> None:
 def resume(sweep: pytest.Pytester, journal: Path, kept: list[str]) -> dict[str, Any]:
     """Resume from ``journal``; checks that exactly the ``kept`` points are skipped, the
     others run, and returns the final report."""
-    result = sweep.runpytest(*KNOBS, f"--greenllm-resume={journal.name}", "--greenllm-json=final.json",
-                             "-v", "-rs")
+    result = sweep.runpytest(
+        *KNOBS, f"--greenllm-resume={journal.name}", "--greenllm-json=final.json", "-v", "-rs"
+    )
     result.assert_outcomes(passed=len(POINTS) - len(kept), skipped=len(kept))
-    result.stdout.fnmatch_lines([
-        f"greenllm: resuming {journal.name}: {len(kept)} points kept from before",
-        *(f"*::test_point[[]{p}[]] {'SKIPPED' if p in kept else 'PASSED'}*" for p in POINTS),
-        f"SKIPPED [[]{len(kept)}[]] *: {KEPT} {journal.name}",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"greenllm: resuming {journal.name}: {len(kept)} points kept from before",
+            *(f"*::test_point[[]{p}[]] {'SKIPPED' if p in kept else 'PASSED'}*" for p in POINTS),
+            f"SKIPPED [[]{len(kept)}[]] *: {KEPT} {journal.name}",
+        ]
+    )
     final: dict[str, Any] = json.loads((sweep.path / "final.json").read_text())
     # Every point once, in matrix order, and the journal holds each once too.
     assert [p["id"] for p in final["points"]] == POINTS
@@ -64,9 +72,11 @@ def test_killed_sweep_resumes_with_every_point_once(sweep: pytest.Pytester) -> N
     env = {**os.environ, STEP_ENV: "0.08"}
     with (sweep.path / "child.log").open("w") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *KNOBS,
-             "--greenllm-json=killed.json"],
-            cwd=sweep.path, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *KNOBS, "--greenllm-json=killed.json"],
+            cwd=sweep.path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 120  # the child imports vLLM first: slow on a busy box
@@ -111,12 +121,9 @@ def test_a_torn_last_journal_line_is_tolerated(sweep: pytest.Pytester, torn: str
         json.loads(line)  # the repair left no torn line for later records to follow
 
 
-def test_journal_of_another_setup_is_refused(
-    sweep: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_journal_of_another_setup_is_refused(sweep: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GREENLLM_FAKE_GPUS", "4")
-    sweep.runpytest(*KNOBS, "--greenllm-workloads=8:4", "--greenllm-json=four.json").assert_outcomes(
-        passed=1)
+    sweep.runpytest(*KNOBS, "--greenllm-workloads=8:4", "--greenllm-json=four.json").assert_outcomes(passed=1)
     journal = sweep.path / "four.json.journal.jsonl"
     assert len(whole_records(journal)) == 1
     monkeypatch.delenv("GREENLLM_FAKE_GPUS")
@@ -137,8 +144,9 @@ class Killed(BaseException):
 class KilledMidWrite(PosixPath):
     """A path whose writes stop halfway through."""
 
-    def write_text(self, data: str, encoding: str | None = None, errors: str | None = None,
-                   newline: str | None = None) -> int:
+    def write_text(
+        self, data: str, encoding: str | None = None, errors: str | None = None, newline: str | None = None
+    ) -> int:
         with open(self, "w", encoding=encoding, errors=errors, newline=newline) as handle:
             handle.write(data[: len(data) // 2])
         raise Killed

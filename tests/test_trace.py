@@ -21,7 +21,10 @@ from pytest_greenllm.trace import (
 
 REAL_TRACE = (
     Path(__file__).resolve().parents[2]
-    / "shared" / "data" / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_conv.csv"
+    / "shared"
+    / "data"
+    / "azure-llm-inference-2023"
+    / "AzureLLMInferenceTrace_conv.csv"
 )
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
@@ -124,16 +127,27 @@ LATER = "2023-11-16 18:15:47"
         (HEADER + GOOD + LATER + ",374,0\n", 3, "GeneratedTokens=0 must be at least 1 token"),
         (HEADER + LATER + ",-3,44\n", 2, "ContextTokens=-3 must be at least 1 token"),
         (HEADER + "16/11/2023 18:15,1,1\n", 2, "TIMESTAMP='16/11/2023 18:15' is not a timestamp"),
-        (HEADER + GOOD + "2023-11-16 18:15:48,1,1\n2023-11-16 18:15:47,1,1\n", 4,
-         "TIMESTAMP goes back in time"),
+        (
+            HEADER + GOOD + "2023-11-16 18:15:48,1,1\n2023-11-16 18:15:47,1,1\n",
+            4,
+            "TIMESTAMP goes back in time",
+        ),
         ("", 1, "expected the header"),
     ],
-    ids=["header", "columns", "blank-line", "word", "fraction", "zero", "negative", "timestamp",
-         "backwards", "no-header"],
+    ids=[
+        "header",
+        "columns",
+        "blank-line",
+        "word",
+        "fraction",
+        "zero",
+        "negative",
+        "timestamp",
+        "backwards",
+        "no-header",
+    ],
 )
-def test_bad_rows_name_the_file_and_line(
-    tmp_path: Path, text: str, line: int, message: str
-) -> None:
+def test_bad_rows_name_the_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(TraceError) as error:
         load_trace(path)
@@ -167,18 +181,13 @@ def test_byte_order_mark_and_blank_lines_are_accepted(tmp_path: Path) -> None:
     assert [r.input_tokens for r in load_trace(path).requests] == [374, 5]
 
 
-THREE = (
-    HEADER
-    + "2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:47.18,5,6\n2023-11-16 18:15:50.68,17,1\n"
-)
+THREE = HEADER + "2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:47.18,5,6\n2023-11-16 18:15:50.68,17,1\n"
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3])
 def test_replay_returns_the_first_requests(tmp_path: Path, count: int) -> None:
     trace = load_trace(write(tmp_path, THREE))
-    assert trace.requests == (
-        TraceRequest(0.0, 374, 44), TraceRequest(0.5, 5, 6), TraceRequest(4.0, 17, 1)
-    )
+    assert trace.requests == (TraceRequest(0.0, 374, 44), TraceRequest(0.5, 5, 6), TraceRequest(4.0, 17, 1))
     assert trace.replay(count) == trace.requests[:count]
 
 

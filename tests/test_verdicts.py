@@ -17,8 +17,15 @@ from hypothesis import strategies as st
 from pytest_greenllm.devices.fake_nvml import FakeNvml
 from pytest_greenllm.record import Summary, energy_regressions, summarise
 from pytest_greenllm.verdicts import (
-    DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, bootstrap_increase, goodput, parse_slo,
-    regression, slo_violations,
+    DEFAULT_SLO,
+    DEFAULT_WORKLOAD_SLOS,
+    Slo,
+    SloError,
+    bootstrap_increase,
+    goodput,
+    parse_slo,
+    regression,
+    slo_violations,
 )
 
 TOLERANCE = 0.05  # the plugin's default --greenllm-energy-tolerance
@@ -27,16 +34,19 @@ WINDOW_S, TOKENS = 2.0, 400  # one repeat's window and output tokens
 
 
 # --- parse_slo ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("spec", "field", "expected"), [
-    ("ttft_p99=2000ms", "ttft_p99_ms", 2000.0),
-    ("ttft_p99=2s", "ttft_p99_ms", 2000.0),
-    ("ttft_p99=1500", "ttft_p99_ms", 1500.0),  # a bare number is ms
-    ("tbt_p99=0.2s", "tbt_p99_ms", 200.0),
-    ("tpot_p99 = 1e-3 s", "tpot_p99_ms", 1.0),
-    ("e2el_p99=30000ms", "e2el_p99_ms", 30000.0),
-    ("throughput_min=100", "throughput_min", 100.0),  # tok/s: never scaled like a duration
-    ("ttft_p99=1s, ttft_p99=3s", "ttft_p99_ms", 3000.0),  # the last one wins
-])
+@pytest.mark.parametrize(
+    ("spec", "field", "expected"),
+    [
+        ("ttft_p99=2000ms", "ttft_p99_ms", 2000.0),
+        ("ttft_p99=2s", "ttft_p99_ms", 2000.0),
+        ("ttft_p99=1500", "ttft_p99_ms", 1500.0),  # a bare number is ms
+        ("tbt_p99=0.2s", "tbt_p99_ms", 200.0),
+        ("tpot_p99 = 1e-3 s", "tpot_p99_ms", 1.0),
+        ("e2el_p99=30000ms", "e2el_p99_ms", 30000.0),
+        ("throughput_min=100", "throughput_min", 100.0),  # tok/s: never scaled like a duration
+        ("ttft_p99=1s, ttft_p99=3s", "ttft_p99_ms", 3000.0),  # the last one wins
+    ],
+)
 def test_parse_slo_reads_units(spec: str, field: str, expected: float) -> None:
     slo = parse_slo(spec)
     assert getattr(slo, field) == pytest.approx(expected)
@@ -51,21 +61,24 @@ def test_parse_slo_sets_and_clears_over_a_base() -> None:
     assert parse_slo(" , ") == Slo()
 
 
-@pytest.mark.parametrize(("spec", "item"), [
-    ("latency_p99=5ms", "latency_p99=5ms"),
-    ("ttft_p99=2s,ttft", "ttft"),
-    ("tbt_p99=fast", "tbt_p99=fast"),
-    ("ttft_p99=1.2.3ms", "ttft_p99=1.2.3ms"),
-    ("ttft_p99=", "ttft_p99="),
-    ("throughput_min=many", "throughput_min=many"),
-    ("ttft_p99=0ms", "ttft_p99=0ms"),
-    ("throughput_min=0", "throughput_min=0"),
-    ("tbt_p99=-5ms", "tbt_p99=-5ms"),
-    ("throughput_min=-1", "throughput_min=-1"),
-    ("throughput_min=inf", "throughput_min=inf"),
-    ("throughput_min=nan", "throughput_min=nan"),
-    ("e2el_p99=1e999s", "e2el_p99=1e999s"),
-])
+@pytest.mark.parametrize(
+    ("spec", "item"),
+    [
+        ("latency_p99=5ms", "latency_p99=5ms"),
+        ("ttft_p99=2s,ttft", "ttft"),
+        ("tbt_p99=fast", "tbt_p99=fast"),
+        ("ttft_p99=1.2.3ms", "ttft_p99=1.2.3ms"),
+        ("ttft_p99=", "ttft_p99="),
+        ("throughput_min=many", "throughput_min=many"),
+        ("ttft_p99=0ms", "ttft_p99=0ms"),
+        ("throughput_min=0", "throughput_min=0"),
+        ("tbt_p99=-5ms", "tbt_p99=-5ms"),
+        ("throughput_min=-1", "throughput_min=-1"),
+        ("throughput_min=inf", "throughput_min=inf"),
+        ("throughput_min=nan", "throughput_min=nan"),
+        ("e2el_p99=1e999s", "e2el_p99=1e999s"),
+    ],
+)
 def test_parse_slo_rejects_naming_the_item(spec: str, item: str) -> None:
     with pytest.raises(SloError) as raised:
         parse_slo(f"tbt_p99=100ms, {spec}")
@@ -89,21 +102,23 @@ class Figures:
     output_throughput: float | None = None
 
 
-LIMITS = Slo(ttft_p99_ms=2000.0, tbt_p99_ms=200.0, tpot_p99_ms=50.0, e2el_p99_ms=8000.0,
-             throughput_min=50.0)
-WITHIN = Figures(ttft_p99_ms=2000.0, itl_p99_ms=200.0, tpot_p99_ms=50.0,
-                 e2el_p99_ms=8000.0, output_throughput=50.0)  # on every limit: still met
+LIMITS = Slo(ttft_p99_ms=2000.0, tbt_p99_ms=200.0, tpot_p99_ms=50.0, e2el_p99_ms=8000.0, throughput_min=50.0)
+WITHIN = Figures(
+    ttft_p99_ms=2000.0, itl_p99_ms=200.0, tpot_p99_ms=50.0, e2el_p99_ms=8000.0, output_throughput=50.0
+)  # on every limit: still met
 
 
-@pytest.mark.parametrize(("metric", "key", "value", "text"), [
-    ("ttft_p99", "ttft_p99_ms", 2613.0, "ttft_p99 = 2613 ms > limit 2000 ms"),
-    ("tbt_p99", "itl_p99_ms", 250.5, "tbt_p99 = 250.5 ms > limit 200 ms"),
-    ("tpot_p99", "tpot_p99_ms", 51.0, "tpot_p99 = 51 ms > limit 50 ms"),
-    ("e2el_p99", "e2el_p99_ms", 9000.0, "e2el_p99 = 9000 ms > limit 8000 ms"),
-    ("throughput_min", "output_throughput", 42.0, "throughput_min = 42 tok/s < limit 50 tok/s"),
-])
-def test_each_missed_limit_is_one_line_naming_it(metric: str, key: str, value: float,
-                                                 text: str) -> None:
+@pytest.mark.parametrize(
+    ("metric", "key", "value", "text"),
+    [
+        ("ttft_p99", "ttft_p99_ms", 2613.0, "ttft_p99 = 2613 ms > limit 2000 ms"),
+        ("tbt_p99", "itl_p99_ms", 250.5, "tbt_p99 = 250.5 ms > limit 200 ms"),
+        ("tpot_p99", "tpot_p99_ms", 51.0, "tpot_p99 = 51 ms > limit 50 ms"),
+        ("e2el_p99", "e2el_p99_ms", 9000.0, "e2el_p99 = 9000 ms > limit 8000 ms"),
+        ("throughput_min", "output_throughput", 42.0, "throughput_min = 42 tok/s < limit 50 tok/s"),
+    ],
+)
+def test_each_missed_limit_is_one_line_naming_it(metric: str, key: str, value: float, text: str) -> None:
     assert slo_violations(WITHIN, LIMITS) == []
     (violation,) = slo_violations(dataclasses.replace(WITHIN, **{key: value}), LIMITS)
     assert violation.metric == metric and violation.measured == value
@@ -111,13 +126,17 @@ def test_each_missed_limit_is_one_line_naming_it(metric: str, key: str, value: f
 
 
 def test_unmeasured_values_and_absent_limits_are_not_checked() -> None:
-    awful = Figures(ttft_p99_ms=1e9, itl_p99_ms=1e9, tpot_p99_ms=1e9, e2el_p99_ms=1e9,
-                    output_throughput=0.0)
+    awful = Figures(ttft_p99_ms=1e9, itl_p99_ms=1e9, tpot_p99_ms=1e9, e2el_p99_ms=1e9, output_throughput=0.0)
     assert slo_violations(Figures(), LIMITS) == []
     assert slo_violations(summarise(()), LIMITS) == []  # a point with nothing measured
     assert slo_violations(awful, Slo()) == []
     assert [v.metric for v in slo_violations(awful, LIMITS)] == [
-        "ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min"]
+        "ttft_p99",
+        "tbt_p99",
+        "tpot_p99",
+        "e2el_p99",
+        "throughput_min",
+    ]
 
 
 # --- goodput ------------------------------------------------------------------------------
@@ -159,8 +178,9 @@ def j_per_token_repeats(seed: int, noise: float, power_scale: float = 1.0) -> li
     One reading a repeat keeps the fake's full relative noise in each repeat: a mean of N
     readings would shrink it to noise/sqrt(N) and test a quieter world than the issue's."""
     clock = ManualClock()
-    fake = FakeNvml(gpus=1, clock=clock, noise=noise, seed=seed, power_scale=power_scale,
-                    energy_counter=False)
+    fake = FakeNvml(
+        gpus=1, clock=clock, noise=noise, seed=seed, power_scale=power_scale, energy_counter=False
+    )
     fake.nvmlInit()
     fake.set_load(0.5)
     handle = fake.nvmlDeviceGetHandleByIndex(0)
@@ -195,8 +215,7 @@ def test_the_same_values_pass_against_themselves() -> None:
 
 
 def test_three_percent_noise_without_a_shift_passes_99_of_100() -> None:
-    sides = [(j_per_token_repeats(2 * t, 0.03), j_per_token_repeats(2 * t + 1, 0.03))
-             for t in range(100)]
+    sides = [(j_per_token_repeats(2 * t, 0.03), j_per_token_repeats(2 * t + 1, 0.03)) for t in range(100)]
     # The noise must really be 3% a repeat, or passing would prove nothing.
     pooled = [v for base, _ in sides for v in base]
     assert statistics.stdev(pooled) / statistics.fmean(pooled) == pytest.approx(0.03, rel=0.15)
@@ -213,8 +232,7 @@ def test_a_rise_carried_by_one_outlier_repeat_is_not_credible() -> None:
 
 
 @pytest.mark.parametrize(("base", "head"), [([1.0], [1.0] * 5), ([1.0] * 5, [1.0])])
-def test_one_repeat_on_either_side_uses_the_plain_threshold(base: list[float],
-                                                            head: list[float]) -> None:
+def test_one_repeat_on_either_side_uses_the_plain_threshold(base: list[float], head: list[float]) -> None:
     up4 = regression("j", base, [v * 1.04 for v in head], TOLERANCE)
     up6 = regression("j", base, [v * 1.06 for v in head], TOLERANCE)
     assert (up4.regressed, up6.regressed) == (False, True)
@@ -251,10 +269,10 @@ BOOTSTRAPPING = settings(max_examples=25)  # 2000 resamples a call: keep the fil
 
 
 @BOOTSTRAPPING
-@given(base=samples, head_size=st.integers(1, 6), tolerance=tolerances,
-       margin=st.floats(1e-6, 2.0))
+@given(base=samples, head_size=st.integers(1, 6), tolerance=tolerances, margin=st.floats(1e-6, 2.0))
 def test_a_scaled_copy_beyond_tolerance_and_spread_always_regresses(
-        base: list[float], head_size: int, tolerance: float, margin: float) -> None:
+    base: list[float], head_size: int, tolerance: float, margin: float
+) -> None:
     # Beyond the base's own max/min spread no resample can show a fall: the CI clears zero.
     factor = max(1 + tolerance, max(base) / min(base)) * (1 + margin)
     assert regression("m", base, [v * factor for v in base], tolerance).regressed
@@ -265,8 +283,9 @@ def test_a_scaled_copy_beyond_tolerance_and_spread_always_regresses(
 
 @BOOTSTRAPPING
 @given(base=samples, head=samples, tolerance=tolerances, worse=st.floats(1.01, 3.0))
-def test_a_worse_head_keeps_a_regression(base: list[float], head: list[float],
-                                         tolerance: float, worse: float) -> None:
+def test_a_worse_head_keeps_a_regression(
+    base: list[float], head: list[float], tolerance: float, worse: float
+) -> None:
     # The same seed resamples the same indices, so scaling head up cannot clear the verdict.
     if regression("m", base, head, tolerance).regressed:
         assert regression("m", base, [v * worse for v in head], tolerance).regressed
@@ -274,8 +293,7 @@ def test_a_worse_head_keeps_a_regression(base: list[float], head: list[float],
 
 @BOOTSTRAPPING
 @given(base=samples, tolerance=tolerances, order=st.randoms(use_true_random=False))
-def test_identical_samples_never_regress(base: list[float], tolerance: float,
-                                         order: Any) -> None:
+def test_identical_samples_never_regress(base: list[float], tolerance: float, order: Any) -> None:
     assert not regression("m", base, list(base), tolerance).regressed
     shuffled = list(base)
     order.shuffle(shuffled)
@@ -285,18 +303,23 @@ def test_identical_samples_never_regress(base: list[float], tolerance: float,
 
 @BOOTSTRAPPING
 @given(base=samples, head=samples, seed=st.integers(0, 2**32))
-def test_bootstrap_interval_is_ordered_bounded_and_seeded(base: list[float], head: list[float],
-                                                          seed: int) -> None:
+def test_bootstrap_interval_is_ordered_bounded_and_seeded(
+    base: list[float], head: list[float], seed: int
+) -> None:
     low, high = bootstrap_increase(base, head, seed)
     assert min(head) / max(base) - 1 <= low <= high <= max(head) / min(base) - 1
     assert bootstrap_increase(base, head, seed) == (low, high)
 
 
 @BOOTSTRAPPING
-@given(base=samples | st.lists(st.floats(0.1, 10.0), min_size=1, max_size=1),
-       head=samples, tolerance=st.sampled_from([0.0, 0.05, 0.1, 0.2]))
+@given(
+    base=samples | st.lists(st.floats(0.1, 10.0), min_size=1, max_size=1),
+    head=samples,
+    tolerance=st.sampled_from([0.0, 0.05, 0.1, 0.2]),
+)
 def test_regression_message_names_metric_means_percent_tolerance(
-        base: list[float], head: list[float], tolerance: float) -> None:
+    base: list[float], head: list[float], tolerance: float
+) -> None:
     verdict = regression("avg_power_w", base, head, tolerance)
     message = verdict.message("M-tp2-b8-1410MHz")
     assert message.startswith("energy regression at M-tp2-b8-1410MHz: avg_power_w ")
@@ -311,7 +334,8 @@ def test_regression_message_names_metric_means_percent_tolerance(
 def repeats(j_per_token: list[float | None], watts: list[float | None]) -> Summary:
     """A summary holding only the per-repeat lists the gate tests."""
     return dataclasses.replace(
-        summarise(()), j_per_output_token_repeats=tuple(j_per_token),
+        summarise(()),
+        j_per_output_token_repeats=tuple(j_per_token),
         avg_power_w_repeats=tuple(watts),
     )
 
@@ -323,7 +347,5 @@ def test_energy_regressions_compares_only_metrics_both_have() -> None:
     assert verdict.metric == "j_per_output_token" and verdict.regressed
     assert [v.metric for v in energy_regressions(head, base, TOLERANCE)] == ["j_per_output_token"]
     assert energy_regressions(summarise(()), base, TOLERANCE) == []
-    both = energy_regressions(base, dataclasses.replace(head, avg_power_w_repeats=(330.0,) * 3),
-                              TOLERANCE)
-    assert [(v.metric, v.regressed) for v in both] == [("j_per_output_token", True),
-                                                        ("avg_power_w", True)]
+    both = energy_regressions(base, dataclasses.replace(head, avg_power_w_repeats=(330.0,) * 3), TOLERANCE)
+    assert [(v.metric, v.regressed) for v in both] == [("j_per_output_token", True), ("avg_power_w", True)]

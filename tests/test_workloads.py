@@ -46,7 +46,11 @@ def test_prompts_are_the_same_in_another_process(hash_seed: str) -> None:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps(CASES)],
-        env=env, capture_output=True, text=True, check=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert json.loads(done.stdout) == [list(prompt_token_ids(*case)) for case in CASES]
 
@@ -60,9 +64,7 @@ def test_prompt_depends_on_seed_and_index(seed: int, input_tokens: int, index: i
 
 
 @given(st.integers(0, 2**63), st.integers(0, 600), st.integers(0, 10_000))
-def test_prompt_has_the_exact_length_and_ids_in_range(
-    seed: int, input_tokens: int, index: int
-) -> None:
+def test_prompt_has_the_exact_length_and_ids_in_range(seed: int, input_tokens: int, index: int) -> None:
     prompt = prompt_token_ids(seed, input_tokens, index)
     assert len(prompt) == input_tokens
     assert all(TOKEN_ID_LOW <= token < TOKEN_ID_HIGH for token in prompt)

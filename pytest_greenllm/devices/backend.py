@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from pytest_greenllm.devices.base import Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, DeviceUnavailable
-from pytest_greenllm.hints import Hint
 from pytest_greenllm.devices.guard import ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlGpu, NvmlSession, load_pynvml
 from pytest_greenllm.devices.rapl import POWERCAP, find_zones
+from pytest_greenllm.hints import Hint
 
 if TYPE_CHECKING:
     from pytest_greenllm.devices.fake_nvml import FakeNvml
@@ -94,9 +94,7 @@ def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> DeviceBac
     except DeviceError:
         session.close()
         raise
-    return DeviceBackend(
-        kind, caps, list(gpus), list(gpus), session, guard, session.driver_version, notes
-    )
+    return DeviceBackend(kind, caps, list(gpus), list(gpus), session, guard, session.driver_version, notes)
 
 
 def _env_number(name: str, default: str, kind: type[int] | type[float]) -> float:
@@ -164,4 +162,6 @@ def open_backend(kind: str, state_path: Path | None = None, rapl_root: Path = PO
             if kind == "rapl":
                 raise DeviceUnavailable(e.message, e.code, e.hint) from e
             errors.append(f"RAPL: {e}")
-    return DeviceBackend("none", cpu_capabilities("none"), notes=[f"auto found no meter ({'; '.join(errors)})"])
+    return DeviceBackend(
+        "none", cpu_capabilities("none"), notes=[f"auto found no meter ({'; '.join(errors)})"]
+    )

@@ -240,8 +240,7 @@ class FakeNvml:
         if self.state_path is None:
             return
         state = {
-            g.uuid: {"locked_mhz": g.locked_mhz, "power_limit_mw": g.power_limit_mw}
-            for g in self._devices
+            g.uuid: {"locked_mhz": g.locked_mhz, "power_limit_mw": g.power_limit_mw} for g in self._devices
         }
         # Through a rename, like a driver's own state: a kill mid-write must not tear it.
         tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
@@ -385,9 +384,7 @@ class FakeNvml:
         return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", handle).reasons
 
     @_serialised
-    def nvmlDeviceSetGpuLockedClocks(
-        self, handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int
-    ) -> None:
+    def nvmlDeviceSetGpuLockedClocks(self, handle: _Handle, minGpuClockMHz: int, maxGpuClockMHz: int) -> None:
         gpu = self._gpu("nvmlDeviceSetGpuLockedClocks", handle)
         self._require_root()
         lowest, highest = GRAPHICS_CLOCKS_MHZ[-1], GRAPHICS_CLOCKS_MHZ[0]

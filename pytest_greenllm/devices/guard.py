@@ -206,7 +206,8 @@ class ClockGuard:
             self._write_state()
             if failures:
                 raise DeviceError(
-                    "could not put back: " + "; ".join(failures)
+                    "could not put back: "
+                    + "; ".join(failures)
                     + f" (the record stays in {self.state_path}; run `greenllm reset-clocks`)"
                 )
             return done

@@ -31,16 +31,12 @@ class NvmlGpu:
         uuid = self._call("UUID", "nvmlDeviceGetUUID")
         memory_mhz = self._call("memory clock", "nvmlDeviceGetClockInfo", self._nvml.NVML_CLOCK_MEM)
         try:
-            clocks = self._call(
-                "supported clocks", "nvmlDeviceGetSupportedGraphicsClocks", memory_mhz
-            )
+            clocks = self._call("supported clocks", "nvmlDeviceGetSupportedGraphicsClocks", memory_mhz)
         except DeviceError:
             clocks = []
         limit = self._call("power limit", "nvmlDeviceGetPowerManagementLimit")
         try:
-            low, high = self._call(
-                "power limit range", "nvmlDeviceGetPowerManagementLimitConstraints"
-            )
+            low, high = self._call("power limit range", "nvmlDeviceGetPowerManagementLimitConstraints")
         except DeviceError:
             low = high = limit
         return GpuInfo(self.index, str(name), str(uuid), tuple(sorted(set(clocks))), limit, (low, high))
@@ -60,17 +56,11 @@ class NvmlGpu:
         """Board power (a 1 s average on Hopper), SM clock, temperature, clock-event reasons."""
         return Reading(
             power_mw=float(self._call("power", "nvmlDeviceGetPowerUsage")),
-            sm_clock_mhz=int(
-                self._call("SM clock", "nvmlDeviceGetClockInfo", self._nvml.NVML_CLOCK_SM)
-            ),
+            sm_clock_mhz=int(self._call("SM clock", "nvmlDeviceGetClockInfo", self._nvml.NVML_CLOCK_SM)),
             temperature_c=int(
-                self._call(
-                    "temperature", "nvmlDeviceGetTemperature", self._nvml.NVML_TEMPERATURE_GPU
-                )
+                self._call("temperature", "nvmlDeviceGetTemperature", self._nvml.NVML_TEMPERATURE_GPU)
             ),
-            event_reasons=int(
-                self._call("clock event reasons", "nvmlDeviceGetCurrentClocksEventReasons")
-            ),
+            event_reasons=int(self._call("clock event reasons", "nvmlDeviceGetCurrentClocksEventReasons")),
         )
 
     def power_limit_mw(self) -> int:
@@ -156,7 +146,5 @@ def load_pynvml() -> Any:
     try:
         import pynvml
     except ImportError as e:
-        raise DriverUnavailable(
-            "nvidia-ml-py is not installed; pip install 'pytest-greenllm[gpu]'"
-        ) from e
+        raise DriverUnavailable("nvidia-ml-py is not installed; pip install 'pytest-greenllm[gpu]'") from e
     return pynvml

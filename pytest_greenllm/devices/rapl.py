@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 
 from pytest_greenllm.devices.base import Reading
-from pytest_greenllm.hints import Hint
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
+from pytest_greenllm.hints import Hint
 
 POWERCAP = Path("/sys/class/powercap")
 _PACKAGE_ZONE = re.compile(r"^intel-rapl:\d+$")
