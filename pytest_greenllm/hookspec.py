@@ -31,7 +31,7 @@ def pytest_greenllm_point_problems(config: pytest.Config, point: KnobPoint) -> s
 def pytest_greenllm_make_backend(config: pytest.Config, settings: Settings) -> Backend | None:
     """Open the device a ``--greenllm`` session measures with, or return None to let the
     next implementation (in the end the plugin's: NVML, RAPL, fake or none, as
-    ``--greenllm-device`` says) open it.
+    the device option says) open it.
 
     Called once in ``pytest_configure``. The first non-None result is used; implement it
     in a plugin or in the rootdir's conftest.py to plug in a third-party energy source (a

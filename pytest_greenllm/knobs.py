@@ -84,7 +84,7 @@ class Axis:
     hardware, its device action (as the clock's is ``Sweep.lock_clocks``)."""
 
     field: str  # the KnobPoint field, and the key under a report point's "config"
-    option: str  # its options.OPTIONS entry: flag --greenllm-<option>, ini greenllm_<option>
+    option: str  # its options.OPTIONS entry, which names its flag and ini key
     settings: str  # the Settings field holding the values asked for (config.parse_<...>)
     header: str  # its column in `greenllm knobs` and in `greenllm export --format csv`
     fragment: Callable[[Any], str]  # the value's part of a point id

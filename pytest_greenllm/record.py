@@ -34,6 +34,8 @@ from pytest_greenllm.verdicts import Goodput, Regression, Violation, regression
 
 SCHEMA = "pytest-greenllm report"
 SCHEMA_VERSION = 1
+# What every stored point has, checked before its fields are read.
+POINT_FIELDS = (("id", str), ("config", dict), ("repeats", list), ("summary", dict), ("verdicts", dict))
 # One JSON object as json.loads returns it: the stored form, never passed between modules
 # in place of a record.
 JsonObject: TypeAlias = dict[str, Any]
@@ -374,9 +376,29 @@ class Report:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Report:
-        """A report whose header was checked (``report.load_report``); RecordError names the
-        point and field that do not fit."""
+    def from_json(cls, data: Any) -> Report:
+        """A stored report; RecordError says what does not fit the schema, naming the point
+        and field where it is one point."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise RecordError("not a pytest-greenllm report")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise RecordError(
+                f"schema_version {data.get('schema_version')!r}, this pytest-greenllm reads {SCHEMA_VERSION}"
+            )
+        for key, kind in (("fingerprint", dict), ("points", list), ("device", str)):
+            if not isinstance(data.get(key), kind):
+                raise RecordError(f"the report has no {key!r} {kind.__name__}")
+        for index, point in enumerate(data["points"]):
+            missing = [
+                key
+                for key, kind in POINT_FIELDS
+                if not isinstance(point, dict) or not isinstance(point.get(key), kind)
+            ]
+            if missing:
+                raise RecordError(f"point {index} lacks {', '.join(missing)}")
+        ids = [p["id"] for p in data["points"]]
+        if len(set(ids)) != len(ids):
+            raise RecordError("two points have the same id")
         points = []
         for index, point in enumerate(data["points"]):
             try:
