@@ -18,12 +18,10 @@ from typing import Any
 from pytest_greenllm.knobs import AXES, KnobPoint
 from pytest_greenllm.record import (
     AVG_POWER,
-    E2EL_P99,
     J_PER_TOKEN,
     OUTPUT_THROUGHPUT,
-    REQUEST_THROUGHPUT,
+    SUMMARY_METRICS,
     TBT_P99,
-    TPOT_P99,
     TTFT_P99,
     Report,
     SummaryMetric,
@@ -32,16 +30,6 @@ from pytest_greenllm.workloads import Workload
 
 SMALLER_IS_BETTER = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99)
 BIGGER_IS_BETTER = (OUTPUT_THROUGHPUT,)
-CSV_METRICS = (
-    TTFT_P99,
-    TBT_P99,
-    TPOT_P99,
-    E2EL_P99,
-    OUTPUT_THROUGHPUT,
-    REQUEST_THROUGHPUT,
-    J_PER_TOKEN,
-    AVG_POWER,
-)
 # One column per axis (the workload also gives its lengths), named as the report names it.
 AXIS_COLUMNS = tuple(
     name
@@ -145,7 +133,7 @@ def csv_text(report: Report) -> str:
                 *_axis_cells(point),
                 record.locked_clock_mhz,
                 len(record.repeats),
-                *(metric.of(record.summary) for metric in CSV_METRICS),
+                *(metric.of(record.summary) for metric in SUMMARY_METRICS),
                 None if record.verdicts is None else record.slo_met,
                 None if record.verdicts is None else record.regressed,
                 report.device,

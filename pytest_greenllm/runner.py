@@ -17,14 +17,7 @@ from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter, WindowHandle, WindowResult
 from pytest_greenllm.metrics import RunMetrics, energy_between_j, run_metrics
 from pytest_greenllm.record import (
-    AVG_POWER,
-    E2EL_P99,
-    J_PER_TOKEN,
-    OUTPUT_THROUGHPUT,
-    REQUEST_THROUGHPUT,
-    TBT_P99,
-    TPOT_P99,
-    TTFT_P99,
+    SUMMARY_METRICS,
     EnergyFigures,
     PointRecord,
     PointResult,
@@ -103,18 +96,6 @@ def measure_point(
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 
-PROPERTY_METRICS = (
-    TTFT_P99,
-    TBT_P99,
-    TPOT_P99,
-    E2EL_P99,
-    OUTPUT_THROUGHPUT,
-    REQUEST_THROUGHPUT,
-    J_PER_TOKEN,
-    AVG_POWER,
-)
-
-
 def result_properties(record: PointRecord) -> list[tuple[str, object]]:
     """Key figures as (name, value) pairs for ``user_properties``: means over repeats, and
     the verdicts."""
@@ -123,7 +104,7 @@ def result_properties(record: PointRecord) -> list[tuple[str, object]]:
         ("greenllm_clock_mhz", record.locked_clock_mhz),
         ("greenllm_repeats", len(record.repeats)),
     ]
-    for metric in PROPERTY_METRICS:
+    for metric in SUMMARY_METRICS:
         value = metric.of(record.summary)
         if value is not None:
             properties.append((f"greenllm_{metric.key}", round(value, 6)))

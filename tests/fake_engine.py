@@ -124,3 +124,17 @@ def conftest_source() -> str:
         "def pytest_greenllm_make_driver(config, settings):\n"
         "    return fake_engine.fake_driver()\n"
     )
+
+
+def sweep_knobs(min_window_s: float, batch: int, workloads: str) -> tuple[str, ...]:
+    """The options of a quick sweep on the fake device: tp1, locked at 1410 MHz, no cool-down."""
+    return (
+        "--greenllm",
+        "--greenllm-device=fake",
+        "--greenllm-cooldown=0",
+        f"--greenllm-min-window={min_window_s:g}",
+        "--greenllm-tp=1",
+        f"--greenllm-batch={batch}",
+        f"--greenllm-workloads={workloads}",
+        "--greenllm-freqs=1410",
+    )

@@ -12,19 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_engine import sweep_knobs
 
 from pytest_greenllm.devices.fake_nvml import POWER_LIMIT_RANGE_MW
 
-KNOBS = (
-    "--greenllm",
-    "--greenllm-device=fake",
-    "--greenllm-cooldown=0",
-    "--greenllm-min-window=0.5",
-    "--greenllm-tp=1",
-    "--greenllm-batch=1",
-    "--greenllm-workloads=S",
-    "--greenllm-freqs=1410",
-)
+KNOBS = sweep_knobs(0.5, 1, "S")
 
 # The test files read the fake driver's state through this, from inside the run.
 FAKE_STATE_HELPER = """

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_engine import sweep_knobs
 
 from pytest_greenllm.cli import main
 from pytest_greenllm.devices.fake_nvml import FakeNvml
@@ -148,16 +149,7 @@ def test_point(greenllm_point):
     pass
 """
 
-KNOBS = (
-    "--greenllm",
-    "--greenllm-device=fake",
-    "--greenllm-cooldown=0",
-    "--greenllm-min-window=0.5",
-    "--greenllm-tp=1",
-    "--greenllm-batch=1",
-    "--greenllm-workloads=S",
-    "--greenllm-freqs=1410",
-)
+KNOBS = sweep_knobs(0.5, 1, "S")
 
 
 @pytest.fixture

@@ -11,21 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fake_engine import STEP_ENV
+from fake_engine import STEP_ENV, sweep_knobs
 
 from pytest_greenllm.devices import fake_nvml
 from pytest_greenllm.devices.fake_nvml import cpu_busy_fraction
 
-KNOBS = (
-    "--greenllm",
-    "--greenllm-device=fake",
-    "--greenllm-cooldown=0",
-    "--greenllm-min-window=0.1",
-    "--greenllm-tp=1",
-    "--greenllm-batch=2",
-    "--greenllm-workloads=8:4,16:4",
-    "--greenllm-freqs=1410",
-)
+KNOBS = sweep_knobs(0.1, 2, "8:4,16:4")
 POINTS = ("8x4-tp1-b2-1410MHz", "16x4-tp1-b2-1410MHz")
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
 REPORT_HEAD = {"schema": "pytest-greenllm report", "schema_version": 1, "device": "fake"}

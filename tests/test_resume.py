@@ -15,20 +15,11 @@ from pathlib import Path, PosixPath
 from typing import Any
 
 import pytest
-from fake_engine import STEP_ENV
+from fake_engine import STEP_ENV, sweep_knobs
 
 from pytest_greenllm.devices.fake_nvml import FakeNvml
 
-KNOBS = (
-    "--greenllm",
-    "--greenllm-device=fake",
-    "--greenllm-cooldown=0",
-    "--greenllm-min-window=0.1",
-    "--greenllm-tp=1",
-    "--greenllm-batch=2",
-    "--greenllm-workloads=8:4,16:4,24:4,32:4",
-    "--greenllm-freqs=1410",
-)
+KNOBS = sweep_knobs(0.1, 2, "8:4,16:4,24:4,32:4")
 POINTS = [f"{n}x4-tp1-b2-1410MHz" for n in (8, 16, 24, 32)]
 KEPT = "greenllm: measured before, kept from"
 
