@@ -79,9 +79,11 @@ def freq_label(mhz: int | None) -> str:
 
 @dataclass(frozen=True)
 class Axis:
-    """One knob of the matrix. Adding an axis is a row here, a ``KnobPoint`` field of the
-    same name, a ``Settings`` field with its parser in config.py, and, where it acts on
-    hardware, its device action (as the clock's is ``Sweep.lock_clocks``)."""
+    """One knob of the matrix. Adding an axis is a row here (and its place in ``ID_ORDER``),
+    a ``KnobPoint`` field of the same name (in ``EngineConfig`` too if it rebuilds the
+    engine), its values in ``expand``, its option in options.py with a ``Settings`` field
+    and parser in config.py, and, where it acts on hardware, its device action (as the
+    clock's is ``Sweep.lock_clocks``)."""
 
     field: str  # the KnobPoint field, and the key under a report point's "config"
     option: str  # its options.OPTIONS entry, which names its flag and ini key
