@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 import pytest
 
@@ -45,7 +46,7 @@ def greenllm_session(pytestconfig: pytest.Config) -> GreenLLMSession:
     return session
 
 
-def _skip(e: PointSkipped) -> None:
+def _skip(e: PointSkipped) -> NoReturn:
     pytest.skip(e.render(PYTEST_PREFIX))
 
 
@@ -65,7 +66,6 @@ def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
         return greenllm_session.sweep.meter()
     except PointSkipped as e:
         _skip(e)
-        raise
 
 
 @pytest.fixture
@@ -89,7 +89,6 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
         locked = sweep.lock_clocks(mhz, tp)
     except PointSkipped as e:
         _skip(e)
-        raise
     try:
         sweep.cool_down()
         yield locked

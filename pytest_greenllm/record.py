@@ -444,11 +444,11 @@ def _int(value: Any, _: type) -> int:
     return value
 
 
-def _strict(kind: Callable[[Any], T], name: str) -> Callable[[Any, type], T]:
+def _strict(kind: type[T], name: str) -> Callable[[Any, type], T]:
     def structure(value: Any, _: type) -> T:
-        if not isinstance(value, kind):  # type: ignore[arg-type]
+        if not isinstance(value, kind):
             raise ValueError(f"expected {name}, got {value!r}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     return structure
 
