@@ -114,9 +114,26 @@ def build_llm(spec: EngineSpec) -> Any:
         raise EngineFailed(f"building the engine for {spec.config} failed: {e}") from e
 
 
+# How long the client's output thread may take to close its socket after shutdown.
+OUTPUT_THREAD_JOIN_S = 10.0
+
+
 def shutdown_llm(llm: Any) -> None:
     """Stop the engine's processes and free its memory (vLLM 0.32 has no LLM.shutdown)."""
-    llm.llm_engine.engine_core.shutdown()
+    client = llm.llm_engine.engine_core
+    client.shutdown()
+    # vLLM closes the client's sockets but never terminates its zmq context, whose __del__
+    # then warns (ResourceWarning) whenever the collector reaches it: under a project's
+    # -W error that fails whichever test is running. Terminate it here, once the output
+    # thread, which owns the last socket, has closed it.
+    thread = getattr(client, "output_queue_thread", None)
+    if thread is not None:
+        thread.join(OUTPUT_THREAD_JOIN_S)
+        if thread.is_alive():
+            return  # destroying a context under a live socket's thread is unsafe
+    ctx = getattr(getattr(client, "resources", None), "ctx", None)
+    if ctx is not None and not ctx.closed:
+        ctx.destroy(linger=0)
 
 
 def process_tree_rss_bytes() -> int:
