@@ -182,6 +182,11 @@ def _knobs(args: argparse.Namespace) -> int:
 
 
 def _reset_clocks(args: argparse.Namespace) -> int:
+    state_path = default_state_path()
+    if not args.all and not state_path.exists():
+        # Nothing recorded: a CI step that runs this on every job must not need NVML then.
+        print(f"greenllm: nothing to reset: no state file at {state_path}")
+        return EXIT_OK
     try:
         nvml = fake_nvml_from_env() if args.device == "fake" else load_pynvml()
         session = NvmlSession(nvml)
@@ -189,7 +194,7 @@ def _reset_clocks(args: argparse.Namespace) -> int:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        guard = ClockGuard(session, default_state_path())
+        guard = ClockGuard(session, state_path)
         messages = guard.recover_stale(force=args.force)
         if args.all:
             for gpu in session.gpus:

@@ -16,6 +16,8 @@ PYTEST_PREFIX = "--greenllm-"
 INI_PREFIX = "greenllm_"
 # Flags of the plugin alone (the CLI spells its own in cli.py).
 ALLOW_MISMATCH_FLAG = "--greenllm-allow-mismatch"
+BUILTIN_SWEEP_FLAG = "--greenllm-builtin-sweep"
+BUILTIN_SWEEP_INI = "greenllm_builtin_sweep"
 # The fixture a benchmark takes to get one test item per knob point.
 POINT_FIXTURE = "greenllm_point"
 

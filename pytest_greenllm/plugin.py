@@ -16,6 +16,8 @@ from pytest_greenllm.hints import HintedError, render_error
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.options import (
     ALLOW_MISMATCH_FLAG,
+    BUILTIN_SWEEP_FLAG,
+    BUILTIN_SWEEP_INI,
     ENABLE_FLAG,
     OPTIONS,
     POINT_FIXTURE,
@@ -48,6 +50,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Compare with a baseline measured on another setup (GPU model, device kind, "
         "power limit, model) instead of refusing. Default: off.",
+    )
+    group.addoption(
+        BUILTIN_SWEEP_FLAG,
+        choices=("on", "off"),
+        dest="greenllm_builtin_sweep",
+        default=None,
+        help="Run the built-in knob sweep (one test per point) beside the project's own "
+        "greenllm tests; 'off' runs only the project's. Default: on.",
+    )
+    parser.addini(
+        BUILTIN_SWEEP_INI,
+        "Run the built-in knob sweep beside the project's own greenllm tests: on or off. Default: on.",
+        default="",
     )
     for option in OPTIONS:
         # Typed ini values crash with INTERNALERROR on bad input in some pytest versions;
@@ -82,6 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = settings
     if not settings.enabled:
         return
+    builtin_sweep = builtin_sweep_on(config)
 
     def plugin_problems(point: KnobPoint) -> list[str]:
         return list(config.hook.pytest_greenllm_point_problems(config=config, point=point))
@@ -109,9 +125,22 @@ def pytest_configure(config: pytest.Config) -> None:
     except BaseException:
         sweep.close()
         raise
-    session = GreenLLMSession(sweep, driver)
+    session = GreenLLMSession(sweep, driver, builtin_sweep=builtin_sweep)
     config.stash[session_key] = session
     config.pluginmanager.register(session, SESSION_PLUGIN)
+
+
+def builtin_sweep_on(config: pytest.Config) -> bool:
+    """Whether the built-in sweep runs: the flag, else the ini key, else on."""
+    given = config.getoption("greenllm_builtin_sweep")
+    if given is not None:
+        return bool(given == "on")
+    text = str(config.getini(BUILTIN_SWEEP_INI)).strip().lower()
+    if text in ("", "on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise pytest.UsageError(f"ini {BUILTIN_SWEEP_INI} = {text}: use on or off")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -120,6 +149,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"greenllm: off (pass {ENABLE_FLAG} to run the knob sweep)"]
 
 
+# First: the session's own (registered later, so called earlier) adds the built-in sweep,
+# and both must come before -k and -m select among the items.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     on = session_key in config.stash
     for item in items:

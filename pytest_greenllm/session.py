@@ -19,6 +19,8 @@ from pytest_greenllm.sweep import Sweep
 from pytest_greenllm.tables import summary_table
 
 MARKER = "greenllm"
+BUILTIN_SWEEP = Path(__file__).with_name("builtin_sweep.py")
+BUILTIN_NODEID = "greenllm"
 SKIP_REASON = f"greenllm benchmark: pass {ENABLE_FLAG} to run the knob sweep"
 NO_POINTS_REASON = "greenllm: every knob point was removed; the session header says why"
 
@@ -40,9 +42,10 @@ def _engine_key(item: pytest.Item) -> Hashable | None:
 class GreenLLMSession:
     """Registered in ``pytest_configure`` when the plugin is on; its methods are hooks."""
 
-    def __init__(self, sweep: Sweep, driver: Driver) -> None:
+    def __init__(self, sweep: Sweep, driver: Driver, builtin_sweep: bool = True) -> None:
         self.sweep = sweep
         self.driver = driver
+        self.builtin_sweep = builtin_sweep
         self.written: list[Path] = []
         self.close_error: str | None = None
 
@@ -123,7 +126,13 @@ class GreenLLMSession:
             return
         metafunc.parametrize(POINT_FIXTURE, points, ids=[p.id for p in points], indirect=True)
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        if self.builtin_sweep:
+            # The sweep ships in the package: collected here, it runs in any folder, even
+            # one without tests of its own, and -k, -m and the grouping below see it.
+            module = pytest.Module.from_parent(session, path=BUILTIN_SWEEP, nodeid=BUILTIN_NODEID)
+            items.extend(i for i in session.genitems(module) if isinstance(i, pytest.Item))
         results = self.sweep.results
         for item in items:
             point = point_of(item)

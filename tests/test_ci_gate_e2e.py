@@ -21,7 +21,7 @@ import fake_engine
 # A constant simulated load and engine steps long enough that each window covers many of
 # the fake counter's 100 ms updates: the injected 10% must stand out of the noise.
 KNOBS = (
-    "--greenllm",
+    *fake_engine.OWN_TESTS,
     "--greenllm-device=fake",
     "--greenllm-tp=1",
     "--greenllm-batch=2",

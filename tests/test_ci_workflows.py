@@ -50,7 +50,8 @@ def commands(path: Path, program: str) -> list[list[str]]:
     for line in text.splitlines():
         if line.lstrip().startswith("#"):
             continue
-        match = re.search(rf"(?<![-\w/]){program} (.*)$", line)
+        # The program starts the command: the line, a list item or a `run:` value.
+        match = re.match(rf"\s*(?:-\s+)?(?:run:\s*)?{program} (.*)$", line)
         if match:
             found.append(shlex.split(match.group(1).split(" || ")[0], comments=True))
     return found

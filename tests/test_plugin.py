@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fake_engine import OWN_TESTS
 
 from pytest_greenllm.config import settings_key
 
@@ -46,12 +47,12 @@ def test_explicit_marker_is_skipped_too(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("--strict-markers").assert_outcomes(skipped=1)
-    pytester.runpytest("--strict-markers", "--greenllm", "--greenllm-device=fake").assert_outcomes(passed=1)
+    pytester.runpytest("--strict-markers", *OWN_TESTS, "--greenllm-device=fake").assert_outcomes(passed=1)
 
 
 def test_flag_on_gives_one_item_per_point(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(POINT_TEST)
-    result = pytester.runpytest("--greenllm", *FAKE_KNOBS, "--collect-only", "-q")
+    result = pytester.runpytest(*OWN_TESTS, *FAKE_KNOBS, "--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
             "test_flag_on_gives_one_item_per_point.py::test_point[[]S-tp1-b16-1410MHz[]]",
@@ -62,7 +63,7 @@ def test_flag_on_gives_one_item_per_point(pytester: pytest.Pytester) -> None:
             "5 tests collected*",
         ]
     )
-    result = pytester.runpytest("--greenllm", *FAKE_KNOBS)
+    result = pytester.runpytest(*OWN_TESTS, *FAKE_KNOBS)
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["greenllm: 4 points, 2 engine builds, device=fake (*)"])
 
@@ -82,7 +83,7 @@ def test_items_sharing_an_engine_run_together(pytester: pytest.Pytester) -> None
             pass
         """
     )
-    result = pytester.runpytest("--greenllm", *FAKE_KNOBS, "--collect-only", "-q")
+    result = pytester.runpytest(*OWN_TESTS, *FAKE_KNOBS, "--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
             "*::test_a[[]S-tp1-b16-1410MHz[]]",
@@ -101,7 +102,7 @@ def test_items_sharing_an_engine_run_together(pytester: pytest.Pytester) -> None
 def test_header_reports_removed_points_and_snapping(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(POINT_TEST)
     result = pytester.runpytest(
-        "--greenllm",
+        *OWN_TESTS,
         "--greenllm-device=fake",
         "--greenllm-tp=1,16",
         "--greenllm-batch=1",
@@ -129,7 +130,7 @@ def test_visible_devices_limit_tensor_parallelism(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     pytester.makepyfile(POINT_TEST)
-    result = pytester.runpytest("--greenllm", *FAKE_KNOBS, "--greenllm-tp=2,4")
+    result = pytester.runpytest(*OWN_TESTS, *FAKE_KNOBS, "--greenllm-tp=2,4")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["greenllm: removed 2 points: tp4 needs 4 GPUs, 2 visible"])
 
@@ -144,14 +145,14 @@ def test_conftest_hook_removes_points(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.makepyfile(POINT_TEST)
-    result = pytester.runpytest("--greenllm", *FAKE_KNOBS)
+    result = pytester.runpytest(*OWN_TESTS, *FAKE_KNOBS)
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["greenllm: removed 1 point: L does not fit one of our GPUs"])
 
 
 def test_every_point_removed_skips_with_a_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(POINT_TEST)
-    result = pytester.runpytest("--greenllm", "--greenllm-device=fake", "--greenllm-tp=16", "-rs")
+    result = pytester.runpytest(*OWN_TESTS, "--greenllm-device=fake", "--greenllm-tp=16", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*every knob point was removed; the session header says why"])
 
@@ -170,7 +171,7 @@ def test_every_point_removed_skips_with_a_reason(pytester: pytest.Pytester) -> N
 )
 def test_bad_values_end_in_one_usage_error_line(pytester: pytest.Pytester, arg: str, message: str) -> None:
     pytester.makepyfile(POINT_TEST)
-    result = pytester.runpytest("--greenllm", arg)
+    result = pytester.runpytest(*OWN_TESTS, arg)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert [line for line in result.stderr.lines if line.strip()] == [result.stderr.lines[0]]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_engine import OWN_TESTS
 
 from pytest_greenllm.devices.backend import open_backend
 from pytest_greenllm.devices.errors import DeviceError, DeviceUnavailable, DriverUnavailable
@@ -28,7 +29,7 @@ REPEATS = 2
 # Four requests of four tokens at batch 2 and 15 ms a step: ~120 ms windows, above the
 # 0.1 s minimum, so that no repeat carries a short-window warning of its own.
 KNOBS = (
-    "--greenllm",
+    *OWN_TESTS,
     "--greenllm-tp=1",
     "--greenllm-batch=2",
     "--greenllm-workloads=8:4,16:4",
@@ -200,7 +201,7 @@ def test_backend_hook_device_error_is_a_one_line_usage_error(pytester: pytest.Py
         "    raise AssertionError('driver asked for without a device')\n"
     )
     pytester.makepyfile(test_board=POINT_TEST)
-    result = pytester.runpytest("--greenllm", "--greenllm-freqs=default")
+    result = pytester.runpytest(*OWN_TESTS, "--greenllm-freqs=default")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if line.strip()]
     assert lines == ["ERROR: --greenllm-device=auto: no board here; use --greenllm-device=none"]
@@ -216,7 +217,7 @@ def test_driver_hook_failure_closes_the_backend(pytester: pytest.Pytester) -> No
         + "    raise RuntimeError('no driver')\n"
     )
     pytester.makepyfile(test_board=POINT_TEST)
-    result = pytester.runpytest("--greenllm", "--greenllm-freqs=default")
+    result = pytester.runpytest(*OWN_TESTS, "--greenllm-freqs=default")
     # Not a DeviceError: the hook's own bug surfaces as it is, but the board is put back.
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     result.stderr.fnmatch_lines(["INTERNALERROR> RuntimeError: no driver"])

@@ -1,0 +1,40 @@
+"""The built-in knob sweep: one test per point of the matrix, shipped with the plugin.
+
+With ``--greenllm``, the plugin adds this module to every session, in any folder (see
+``session.GreenLLMSession.pytest_collection_modifyitems``); ``--greenllm-builtin-sweep=off``
+leaves it out for projects that sweep with their own tests only.
+
+Each point runs its workload on the engine of its configuration (reused across points that
+share it), at its clock, inside an energy window where the device has a meter, and checks
+that the run is complete: every request got exactly the tokens the workload forces, and its
+first token came before its last. Its SLO and energy-regression verdicts fail it after this
+body has run.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pytest_greenllm.config import Settings
+from pytest_greenllm.knobs import KnobPoint
+from pytest_greenllm.record import PointResult
+from pytest_greenllm.workloads import request_count
+
+
+def test_energy_knob_point(
+    greenllm_point: KnobPoint, greenllm_settings: Settings, greenllm_result: PointResult
+) -> None:
+    expected_requests = request_count(greenllm_point.batch, greenllm_settings.requests)
+    assert len(greenllm_result.repeats) == greenllm_settings.repeats
+    for repeat in greenllm_result.repeats:
+        metrics = repeat.metrics
+        assert metrics.requests == expected_requests
+        if not greenllm_point.workload.replay:
+            assert metrics.output_tokens == expected_requests * greenllm_point.workload.output_tokens
+        assert metrics.ttft_ms.p99 <= metrics.e2el_ms.p99
+        assert metrics.output_throughput > 0
+        if repeat.energy is not None:
+            # The meter's warnings say why a window read nothing (too short for the counter).
+            why = "; ".join(repeat.energy.warnings) or "no warning"
+            assert repeat.energy.energy_j > 0, f"the window read {repeat.energy.energy_j} J: {why}"
+            assert math.isfinite(repeat.energy.j_per_output_token), why
