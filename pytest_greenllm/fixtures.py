@@ -18,6 +18,8 @@ from pytest_greenllm.runner import measure_point, result_properties
 from pytest_greenllm.session import (
     SKIP_REASON,
     GreenLLMSession,
+    build_time_key,
+    point_record_key,
     session_key,
     verdict_failures_key,
 )
@@ -98,15 +100,20 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
 
 
 @pytest.fixture
-def greenllm_engine(greenllm_point: KnobPoint, greenllm_session: GreenLLMSession) -> object:
+def greenllm_engine(
+    request: pytest.FixtureRequest, greenllm_point: KnobPoint, greenllm_session: GreenLLMSession
+) -> object:
     """The engine of this point's configuration (a ``vllm.LLM`` for the offline driver),
     shared by the points that have it."""
-    driver = greenllm_session.driver
     try:
-        return driver.engine(greenllm_session.sweep.engine_spec(greenllm_point))
+        engine, build_s = greenllm_session.engine_for(greenllm_session.sweep.engine_spec(greenllm_point))
     except EngineFailed as e:
         failure = str(e)
-    driver.close()
+    else:
+        if build_s is not None:
+            request.node.stash[build_time_key] = build_s
+        return engine
+    greenllm_session.engine_failed()
     pytest.fail(failure, pytrace=False)
 
 
@@ -132,12 +139,18 @@ def greenllm_result(
     sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
     failure: str | None = None
     try:
+        spec = sweep.engine_spec(greenllm_point)
+        # Built here, not inside the first measured call, so that the progress line can tell
+        # the engine's build time from the point's.
+        _, build_s = greenllm_session.engine_for(spec)
+        if build_s is not None:
+            request.node.stash[build_time_key] = build_s
         result = measure_point(
             sweep.settings,
             driver,
             meter,
             sources,
-            sweep.engine_spec(greenllm_point),
+            spec,
             greenllm_point,
             locked_clocks,
             sources_note=note,
@@ -147,9 +160,10 @@ def greenllm_result(
     if failure is not None:
         # A fresh engine for the next point; the failure is reported outside the except
         # block so that it reads as the engine's message, not as a chain of three.
-        driver.close()
+        greenllm_session.engine_failed()
         pytest.fail(failure, pytrace=False)
     record = sweep.results.record(result)
+    request.node.stash[point_record_key] = record
     properties = result_properties(record)
     request.node.user_properties.extend(properties)
     if "benchmark" in request.fixturenames:

@@ -4,6 +4,7 @@ on; the sweep itself (device, matrix, meter, results) is a ``sweep.Sweep``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 
 from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
 from pytest_greenllm.devices.errors import DeviceError
-from pytest_greenllm.driver import Driver
+from pytest_greenllm.driver import Driver, EngineSpec
 from pytest_greenllm.hints import render
-from pytest_greenllm.knobs import KnobPoint, group_by_engine
+from pytest_greenllm.knobs import EngineConfig, KnobPoint, group_by_engine
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE, PYTEST_PREFIX
+from pytest_greenllm.progress import Progress
+from pytest_greenllm.record import PointRecord
 from pytest_greenllm.sweep import Sweep
 from pytest_greenllm.tables import summary_table
 
@@ -46,6 +49,10 @@ class GreenLLMSession:
         self.sweep = sweep
         self.driver = driver
         self.builtin_sweep = builtin_sweep
+        self.progress = Progress([])
+        self._point_items: dict[str, pytest.Item] = {}
+        self._started: dict[str, float] = {}
+        self._live_engine: EngineConfig | None = None
         self.written: list[Path] = []
         self.close_error: str | None = None
 
@@ -142,7 +149,49 @@ class GreenLLMSession:
                 )
         items[:] = group_by_engine(items, _engine_key)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        planned = [i for i in session.items if point_of(i) is not None and not i.get_closest_marker("skip")]
+        self._point_items = {i.nodeid: i for i in planned}
+        self.progress = Progress([_engine_key(i) for i in planned])
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if nodeid in self._point_items:
+            self._started[nodeid] = time.monotonic()
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        item = self._point_items.get(nodeid)
+        if item is None or nodeid not in self._started:
+            return
+        progress = self.progress
+        had_estimate = progress.remaining_s() is not None
+        duration = time.monotonic() - self._started.pop(nodeid)
+        progress.finished(_engine_key(item), duration, item.stash.get(build_time_key, None))
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or item.config.get_verbosity() < 0:
+            return
+        if not had_estimate and (estimate := progress.estimate_line()) is not None:
+            reporter.write_line(f"greenllm: {estimate}")
+        record = item.stash.get(point_record_key, None)
+        line = progress.point_line(record) if record is not None else progress.failed_line(nodeid)
+        reporter.write_line(f"greenllm: {line}")
+
+    def engine_for(self, spec: EngineSpec) -> tuple[object, float | None]:
+        """The driver's engine for ``spec``, and the seconds it took to build (None: reused)."""
+        start = time.monotonic()
+        engine = self.driver.engine(spec)
+        built = spec.config != self._live_engine
+        self._live_engine = spec.config
+        return engine, (time.monotonic() - start) if built else None
+
+    def engine_failed(self) -> None:
+        """Close the failed engine; the next point builds a fresh one."""
+        self._live_engine = None
+        self.driver.close()
+
 
 session_key = pytest.StashKey[GreenLLMSession]()
 # A point's SLO and regression findings, failed after the test body in pytest_runtest_call.
 verdict_failures_key = pytest.StashKey[list[str]]()
+# What a point item measured, and how long its engine took to build, for the progress line.
+point_record_key = pytest.StashKey[PointRecord]()
+build_time_key = pytest.StashKey[float | None]()
