@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -19,10 +20,12 @@ from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
+from pytest_greenllm.doctor import diagnose
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
 from pytest_greenllm.hints import HintedError
 from pytest_greenllm.history import DEFAULT_HISTORY, load_history
 from pytest_greenllm.ini_files import find_ini
+from pytest_greenllm.loads import CpuSpinLoad, Load, gpu_load
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
@@ -134,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PNG",
         help="also draw J/output-token against p99 TBT (needs matplotlib)",
+    )
+    doctor = commands.add_parser(
+        "doctor",
+        help="say whether this box can run an honest energy sweep",
+        description="Check NVML, the driver, vLLM and RAPL, and for each visible GPU: "
+        "persistence mode, permission to lock clocks and set power limits (tried, then "
+        "restored), the energy counter and its update period, instantaneous power, the "
+        "supported clocks, a clock lock held under a built-in load, a power limit set and read "
+        "back, the counter against integrated power, idle power and temperature. Exit 0: ready; "
+        "1: something is missing (each line says what to do); 2: bad input.",
+    )
+    doctor.add_argument("--device", choices=("nvml", "fake"), default="nvml", help="Default: nvml.")
+    doctor.add_argument(
+        "--read-only",
+        action="store_true",
+        help="change no setting (for shared GPUs): report permissions as NVML states them",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.add_argument(
+        "--window",
+        default="3",
+        metavar="SECONDS",
+        help="how long each GPU is measured under load. Default: 3.",
     )
     export = commands.add_parser(
         "export",
@@ -287,6 +313,32 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    try:
+        window = float(args.window)
+    except ValueError:
+        window = math.nan
+    if not 0 < window < math.inf:
+        raise pytest.UsageError(f"--window={args.window}: give the seconds to measure each GPU, > 0")
+
+    def open_session() -> NvmlSession:
+        return NvmlSession(fake_nvml_from_env() if args.device == "fake" else load_pynvml())
+
+    def make_load(gpus: int) -> tuple[Load | None, str]:
+        return (CpuSpinLoad(), "") if args.device == "fake" else gpu_load(gpus)
+
+    diagnosis = diagnose(
+        open_session,
+        device=args.device,
+        read_only=args.read_only,
+        window_s=window,
+        make_load=make_load,
+        state_path=default_state_path(),
+    )
+    print(json.dumps(diagnosis.to_json(), indent=1) if args.json else diagnosis.render())
+    return EXIT_OK if diagnosis.ok else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``greenllm`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -296,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recommend": _recommend,
         "knobs": _knobs,
         "export": _export,
+        "doctor": _doctor,
     }
     try:
         return commands[args.command](args)

@@ -36,6 +36,7 @@ NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
 
 GPU_NAME = "NVIDIA H100 80GB HBM3"
 DRIVER_VERSION = "580.95.05"
+NVML_VERSION = "13.580.95.05"
 MEMORY_CLOCK_MHZ = 2619
 # NVML lists an H100 SXM's graphics clocks from 1980 MHz down in 15 MHz steps.
 GRAPHICS_CLOCKS_MHZ: tuple[int, ...] = tuple(range(1980, 209, -15))
@@ -135,6 +136,8 @@ class FakeNvml:
     state_path: Path | None = None  # where locked clocks and limits outlive the process
     root: bool = True  # False: setters raise NoPermission, as for a normal user
     energy_counter: bool = True  # False: a pre-Volta GPU without the counter
+    persistence: bool = True  # persistence mode, as `nvidia-smi -pm` leaves it
+    instant_power: bool = True  # False: a GPU without the NVML_FI_DEV_POWER_INSTANT field
     driver_loaded: bool = True
     _failures: dict[str, int] = field(default_factory=dict)
     _constant_load: float = 0.0
@@ -148,6 +151,10 @@ class FakeNvml:
     NVML_CLOCK_SM = NVML_CLOCK_SM
     NVML_CLOCK_MEM = NVML_CLOCK_MEM
     NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
+    NVML_FEATURE_ENABLED = pynvml.NVML_FEATURE_ENABLED
+    NVML_RESTRICTED_API_SET_APPLICATION_CLOCKS = pynvml.NVML_RESTRICTED_API_SET_APPLICATION_CLOCKS
+    NVML_FI_DEV_POWER_INSTANT = pynvml.NVML_FI_DEV_POWER_INSTANT
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -286,6 +293,11 @@ class FakeNvml:
         return DRIVER_VERSION
 
     @_serialised
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        self._check("nvmlSystemGetNVMLVersion")
+        return NVML_VERSION
+
+    @_serialised
     def nvmlDeviceGetCount(self) -> int:
         self._check("nvmlDeviceGetCount")
         return self.gpus
@@ -378,6 +390,42 @@ class FakeNvml:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         # The counter shows the energy at its last update, up to 100 ms ago.
         return math.floor(gpu.counter_mj)
+
+    @_serialised
+    def nvmlDeviceGetPersistenceMode(self, handle: _Handle) -> int:
+        self._gpu("nvmlDeviceGetPersistenceMode", handle)
+        return int(pynvml.NVML_FEATURE_ENABLED if self.persistence else pynvml.NVML_FEATURE_DISABLED)
+
+    @_serialised
+    def nvmlDeviceGetAPIRestriction(self, device: _Handle, apiType: int) -> int:
+        self._gpu("nvmlDeviceGetAPIRestriction", device)
+        if apiType not in (
+            pynvml.NVML_RESTRICTED_API_SET_APPLICATION_CLOCKS,
+            pynvml.NVML_RESTRICTED_API_SET_AUTO_BOOSTED_CLOCKS,
+        ):
+            raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        # Restricted to root, NVML's default.
+        return int(pynvml.NVML_FEATURE_ENABLED)
+
+    @_serialised
+    def nvmlDeviceGetFieldValues(self, handle: _Handle, fieldIds: list[int]) -> Any:
+        gpu = self._gpu("nvmlDeviceGetFieldValues", handle)
+        # The same ctypes array pynvml returns: callers read each entry's nvmlReturn.
+        values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
+        for entry, field_id in zip(values, fieldIds):
+            entry.fieldId = field_id
+            entry.timestamp = round(self.clock() * 1e6)
+            known = field_id == pynvml.NVML_FI_DEV_POWER_AVERAGE or (
+                field_id == pynvml.NVML_FI_DEV_POWER_INSTANT and self.instant_power
+            )
+            if not known:
+                entry.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            entry.nvmlReturn = pynvml.NVML_SUCCESS
+            entry.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+            noisy_w = gpu.power_w * (1 + self._rng.gauss(0.0, self.noise))
+            entry.value.uiVal = max(0, round(noisy_w * 1000))
+        return values
 
     @_serialised
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:

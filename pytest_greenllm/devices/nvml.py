@@ -63,6 +63,31 @@ class NvmlGpu:
             event_reasons=int(self._call("clock event reasons", "nvmlDeviceGetCurrentClocksEventReasons")),
         )
 
+    def persistence_mode(self) -> bool:
+        """Whether persistence mode is on (the driver stays loaded between processes)."""
+        mode = int(self._call("persistence mode", "nvmlDeviceGetPersistenceMode"))
+        return mode == int(self._nvml.NVML_FEATURE_ENABLED)
+
+    def clock_changes_need_root(self) -> bool:
+        """Whether NVML restricts clock changes to root, as it states it (nothing is tried)."""
+        restricted = self._call(
+            "API restriction",
+            "nvmlDeviceGetAPIRestriction",
+            self._nvml.NVML_RESTRICTED_API_SET_APPLICATION_CLOCKS,
+        )
+        return int(restricted) == int(self._nvml.NVML_FEATURE_ENABLED)
+
+    def instant_power_mw(self) -> float | None:
+        """Instantaneous board power (NVML_FI_DEV_POWER_INSTANT), where the GPU offers it;
+        ``read`` gives the 1-second average on Hopper. Units: mW."""
+        (value,) = self._call(
+            "instantaneous power", "nvmlDeviceGetFieldValues", [self._nvml.NVML_FI_DEV_POWER_INSTANT]
+        )
+        # The call succeeds when any field was filled: each value carries its own return code.
+        if value.nvmlReturn != self._nvml.NVML_SUCCESS:
+            return None
+        return float(value.value.uiVal)
+
     def power_limit_mw(self) -> int:
         """The power limit now. Units: mW."""
         return int(self._call("power limit", "nvmlDeviceGetPowerManagementLimit"))
@@ -124,6 +149,7 @@ class NvmlSession:
                 handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
                 uuids = {str(nvml.nvmlDeviceGetUUID(h)): i for i, h in enumerate(handles)}
                 self.driver_version = str(nvml.nvmlSystemGetDriverVersion())
+                self.nvml_version = str(nvml.nvmlSystemGetNVMLVersion())
             self.gpus = [NvmlGpu(nvml, handles[i], i) for i in visible_indices(count, uuids)]
         except BaseException:
             nvml.nvmlShutdown()
