@@ -73,7 +73,8 @@ def machine_info(backend: Backend) -> dict[str, Any]:
             "index": g.index,
             "name": g.info.name,
             "uuid": g.info.uuid,
-            "power_limit_w": g.info.power_limit_mw / 1000,
+            # Read now, not from the GPU's info: the session may have set its own limit.
+            "power_limit_w": g.power_limit_mw() / 1000,
         }
         for g in backend.gpus
     ]

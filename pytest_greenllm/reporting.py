@@ -25,8 +25,11 @@ class ReportContext:
     json_path: Path | None
     root: Path
 
-    def write(self, points: list[PointRecord], meter_method: str | None) -> list[Path]:
-        """The report of ``points``, where asked and autosaved; returns the paths written."""
+    def write(
+        self, points: list[PointRecord], meter_method: str | None
+    ) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """The report of ``points``, where asked and autosaved; returns the paths written and
+        those that could not be, with why."""
         fingerprint = {**self.fingerprint, "meter_method": meter_method}
         report = Report.new(self.device, self.machine, self.git, fingerprint, self.settings, points)
         return write_reports(report, self.json_path, self.root, self.git)

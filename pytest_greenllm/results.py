@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -99,9 +100,27 @@ def autosave_path(root: Path, git: dict[str, Any] | None) -> Path:
 
 def write_reports(
     report: Report, json_path: Path | None, root: Path, git: dict[str, Any] | None
-) -> list[Path]:
-    """Write the report where asked and its autosaved copy; returns the paths written."""
-    paths = [p for p in (json_path, autosave_path(root, git)) if p is not None]
-    for path in paths:
-        write_report(path, report)
-    return paths
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Write the report where asked and its autosaved copy, each whatever became of the
+    other; returns the paths written and (path, why) for those that could not be."""
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    for path in (p for p in (json_path, autosave_path(root, git)) if p is not None):
+        try:
+            write_report(path, report)
+        except OSError as e:
+            failed.append((path, e.strerror or str(e)))
+        else:
+            written.append(path)
+    return written, failed
+
+
+def check_writable(directory: Path) -> str | None:
+    """Why files cannot be written in ``directory`` (made if missing), or None if they can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".greenllm-probe-"):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

@@ -54,6 +54,7 @@ class GreenLLMSession:
         self._started: dict[str, float] = {}
         self._live_engine: EngineConfig | None = None
         self.written: list[Path] = []
+        self.write_failures: list[tuple[Path, str]] = []
         self.close_error: str | None = None
 
     def close(self) -> None:
@@ -91,8 +92,9 @@ class GreenLLMSession:
         self.close()
         points = sweep.results.all_points([p.id for p in sweep.matrix.points])
         if points:
-            self.written = sweep.report_context.write(points, meter_method)
-        if self.close_error is not None and session.exitstatus == pytest.ExitCode.OK:
+            self.written, self.write_failures = sweep.report_context.write(points, meter_method)
+        failed = self.close_error is not None or self.write_failures
+        if failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
@@ -113,6 +115,11 @@ class GreenLLMSession:
             terminalreporter.write_line(f"greenllm: {line}")
         for path in self.written:
             terminalreporter.write_line(f"greenllm: report written: {path}")
+        for path, why in self.write_failures:
+            kept = ", ".join(str(p) for p in [sweep.results.journal.path, *self.written])
+            terminalreporter.write_line(
+                f"greenllm: could not write {path} ({why}); every point is kept in {kept}", red=True
+            )
         if sweep.results.journal.path.exists():
             terminalreporter.write_line(f"greenllm: journal: {sweep.results.journal.path}")
 

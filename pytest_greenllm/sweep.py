@@ -25,7 +25,7 @@ from pytest_greenllm.knobs import KnobPoint, Matrix, expand
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.report import Journal, ReportError, fingerprint, git_info, machine_info
 from pytest_greenllm.reporting import ReportContext, journal_path, settings_record
-from pytest_greenllm.results import Results, load_baseline
+from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_baseline
 
 MakeBackend = Callable[[Settings], Backend]
 SET_SLO = Hint("slo", template="; set {flag} to check yours")
@@ -60,6 +60,27 @@ def open_device(settings: Settings, make_backend: MakeBackend) -> Backend:
     return backend
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+RANDOM_WEIGHTS = Hint("engine-arg", "load_format=dummy", "; pass {flag} to run it with random weights")
+
+
+def check_weights(settings: Settings) -> None:
+    """A local model directory with a config but no weights: every engine build would fail,
+    with the cause only in a worker's log. Refused here, before the sweep starts."""
+    model = settings.model
+    if model.embedded or not Path(model.path).is_dir():
+        return
+    if dict(settings.engine_args).get("load_format") == "dummy":
+        return
+    directory = Path(model.path)
+    if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise SetupError(
+            f"{directory} has a config.json but no model weights ({', '.join(WEIGHT_FILES)})",
+            RANDOM_WEIGHTS,
+            subject=Hint("model", model.name),
+        )
+
+
 def build_matrix(
     settings: Settings,
     caps: Capabilities,
@@ -67,6 +88,7 @@ def build_matrix(
 ) -> Matrix:
     """Expand the settings against the device's capabilities, and against the CPU cores
     where vLLM's CPU build runs the engine (whatever device measures)."""
+    check_weights(settings)
     if cpu_build_installed() and caps.unit_name != "CPU cores":
         cores = len(os.sched_getaffinity(0))
         caps = replace(
@@ -92,10 +114,22 @@ def prepare_reports(
 ) -> tuple[Results, ReportContext, list[str]]:
     """The session's Results and ReportContext, and notes for the header (their flags
     spelled with ``flag_prefix``); bad baselines and journals are SetupErrors."""
+    journal_file = journal_path(settings, root)
+    outputs: list[tuple[Path, Hint | None]] = []
+    if settings.json_path is not None:
+        outputs.append(
+            (settings.json_path.parent, Hint("json", template="; give another path with {flag}=PATH"))
+        )
+    outputs += [(journal_file.parent, None), (root / AUTOSAVE_DIR, None)]
+    for directory, hint in outputs:
+        # Hours of measurement must not end in a report that cannot be written.
+        why = check_writable(directory)
+        if why is not None:
+            raise SetupError(f"cannot write in {directory} ({why})", hint)
     machine = machine_info(backend)
     git = git_info(root)
     print_ = fingerprint(backend, machine, settings.model.name, None)
-    journal = Journal(journal_path(settings, root), print_)
+    journal = Journal(journal_file, print_)
     notes: list[str] = []
     results = Results(settings, journal, default_slos_apply=bool(backend.gpus))
     if not backend.gpus and not settings.slos_given:
