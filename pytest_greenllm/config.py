@@ -253,6 +253,13 @@ def parse_existing_path(raw: Raw) -> Path | None:
     return path
 
 
+def parse_stall_timeout(raw: Raw) -> float | None:
+    """'auto' (None) or seconds > 0."""
+    if raw.text.strip().lower() == "auto":
+        return None
+    return parse_positive_float(raw, "the stall timeout ('auto' or seconds)")
+
+
 def parse_power_limit(raw: Raw) -> int | None:
     """'default' (None) or watts > 0, returned in mW."""
     if raw.text.strip().lower() == "default":
@@ -280,6 +287,7 @@ class Settings:
     min_window_s: float  # Units: s.
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
     power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
+    stall_timeout_s: float | None  # None: from the engine's pace. Units: s.
     rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
     slos: tuple[tuple[str, Slo], ...]  # per workload name
     slos_given: bool  # set by the user, not only the defaults
@@ -335,6 +343,7 @@ class Settings:
             min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
             power_limit_mw=parse_power_limit(raw["power-limit"]),
+            stall_timeout_s=parse_stall_timeout(raw["stall-timeout"]),
             rate=parse_rate(raw["rate"]),
             slos=parse_slos(raw["slo"], workloads),
             slos_given=bool(raw["slo"].text.strip()),

@@ -22,6 +22,7 @@ import psutil
 from pytest_greenllm.driver import EngineFailed, EngineSpec
 from pytest_greenllm.knobs import EngineConfig, count_of
 from pytest_greenllm.metrics import RequestRecord
+from pytest_greenllm.watchdog import Pace, Watchdog
 from pytest_greenllm.workloads import RequestSpec
 
 # vLLM's CPU backend takes its KV-cache size from the environment, in GiB.
@@ -226,12 +227,20 @@ def run_requests(
     tag: str,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    pace: Pace | None = None,
 ) -> list[RequestRecord]:
     """Submit ``requests`` at their arrival offsets and step the engine until all finish,
     stamping every output token as it arrives. Outputs are exactly ``output_tokens`` long.
+    An engine that dies or stalls (beyond what ``pace`` allows) fails the run with the cause.
     """
-    with library_warnings():
-        return _run(llm, requests, arrivals_s, tag, clock, sleep)
+    with library_warnings(), Watchdog(llm, pace or Pace()) as watchdog:
+        try:
+            return _run(llm, requests, arrivals_s, tag, clock, sleep, watchdog)
+        except EngineFailed as e:
+            if watchdog.cause is None:
+                raise
+            # vLLM's own error says only that the engine is dead; the watchdog knows why.
+            raise EngineFailed(f"the engine failed during the run: {watchdog.cause}") from e
 
 
 def _run(
@@ -241,6 +250,7 @@ def _run(
     tag: str,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    watchdog: Watchdog,
 ) -> list[RequestRecord]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -271,8 +281,10 @@ def _run(
                 stamps[ids[i]] = []
                 nxt += 1
             if engine.has_unfinished_requests():
+                before = clock()
                 outputs = engine.step()
                 t = clock()
+                watchdog.progress(t - before)
                 for output in outputs:
                     stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
             elif nxt < len(order):
@@ -285,10 +297,10 @@ def _run(
     ]
 
 
-def warm_up(llm: Any, tag: str) -> None:
+def warm_up(llm: Any, tag: str, pace: Pace | None = None) -> None:
     """A few short requests, unmeasured, so the first measured one pays no start-up cost."""
     spec = RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)
-    run_requests(llm, [spec] * WARMUP_REQUESTS, [0.0] * WARMUP_REQUESTS, f"{tag}-warmup")
+    run_requests(llm, [spec] * WARMUP_REQUESTS, [0.0] * WARMUP_REQUESTS, f"{tag}-warmup", pace=pace)
 
 
 @dataclass
@@ -296,13 +308,22 @@ class VllmOfflineDriver:
     """The :class:`~pytest_greenllm.driver.Driver` of vLLM's in-process engine (``vllm.LLM``)."""
 
     cache: EngineCache = field(default_factory=EngineCache)
+    stall_timeout_s: float | None = None  # None: from each engine's pace (watchdog.Pace)
+    _pace: Pace = field(default_factory=Pace)
+    _paced: EngineSpec | None = None
+
+    def _pace_of(self, spec: EngineSpec) -> Pace:
+        # A new engine starts with no pace of its own: another configuration's says nothing.
+        if spec != self._paced:
+            self._pace, self._paced = Pace(self.stall_timeout_s), spec
+        return self._pace
 
     def engine(self, spec: EngineSpec) -> Any:
         """The ``vllm.LLM`` for ``spec``."""
         return self.cache.get(spec)
 
     def warm_up(self, spec: EngineSpec, tag: str) -> None:
-        warm_up(self.cache.get(spec), tag)
+        warm_up(self.cache.get(spec), tag, self._pace_of(spec))
 
     def run(
         self,
@@ -311,10 +332,11 @@ class VllmOfflineDriver:
         arrivals_s: Sequence[float],
         tag: str,
     ) -> list[RequestRecord]:
-        return run_requests(self.cache.get(spec), requests, arrivals_s, tag)
+        return run_requests(self.cache.get(spec), requests, arrivals_s, tag, pace=self._pace_of(spec))
 
     def close(self) -> None:
         self.cache.close()
+        self._paced = None
 
     def summary_lines(self, planned_configs: int) -> list[str]:
         cache = self.cache

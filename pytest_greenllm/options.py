@@ -160,6 +160,14 @@ OPTIONS: tuple[KnobOption, ...] = (
         "of their idle temperature; 0 does not wait.",
     ),
     KnobOption(
+        "stall-timeout",
+        "SECONDS",
+        "auto",
+        "How long an engine step may take before the engine counts as stalled and its point "
+        "fails; 'auto' allows 20 times its slowest step so far, at least 120 s. An engine "
+        "process that dies fails its point at once either way.",
+    ),
+    KnobOption(
         "power-limit",
         "WATTS",
         "default",

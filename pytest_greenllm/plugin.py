@@ -85,7 +85,7 @@ def pytest_greenllm_make_backend(config: pytest.Config, settings: Settings) -> B
 def pytest_greenllm_make_driver(config: pytest.Config, settings: Settings) -> Driver:
     from pytest_greenllm.engine import VllmOfflineDriver
 
-    return VllmOfflineDriver()
+    return VllmOfflineDriver(stall_timeout_s=settings.stall_timeout_s)
 
 
 def pytest_configure(config: pytest.Config) -> None:
