@@ -88,3 +88,37 @@ def test_console_script_is_installed() -> None:
     assert script is not None, "the greenllm console script is not installed beside python"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"pytest-greenllm {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["knobs", "--device", "fake", "--freqs", "99999"], "--freqs=99999"),
+        (["knobs", "--workloads", "trace"], "give one with --trace=CSV"),
+    ],
+    ids=["own-flag", "named-option"],
+)
+def test_knobs_errors_name_the_commands_own_flags(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    expected: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "--greenllm-" not in err
+
+
+def test_knobs_device_errors_render_the_hint_with_the_commands_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A lower layer's advice ("use another device") names an option; the CLI spells it.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GREENLLM_FAKE_FAIL", "nvmlInit=12")
+    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "state.json"))
+    assert main(["knobs", "--device", "fake"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("greenllm: error: --device=fake: ")
+    assert "or use --device=rapl|none" in err and "--greenllm-" not in err
