@@ -1,7 +1,7 @@
 """The built-in knob sweep: one test per point of the matrix, shipped with the plugin.
 
 With ``--greenllm``, the plugin adds this module to every session, in any folder (see
-``session.GreenLLMSession.pytest_collection_modifyitems``); ``--greenllm-builtin-sweep=off``
+``session.GreenLLMSession.pytest_collection_modifyitems``); the builtin-sweep option set to off
 leaves it out for projects that sweep with their own tests only.
 
 Each point runs its workload on the engine of its configuration (reused across points that

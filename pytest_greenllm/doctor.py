@@ -29,8 +29,11 @@ from pytest_greenllm.devices.rapl import POWERCAP, find_zones
 from pytest_greenllm.engine import cpu_build_installed
 from pytest_greenllm.loads import Load, settle
 from pytest_greenllm.meter import EnergyMeter
+from pytest_greenllm.options import PYTEST_PREFIX
 
 OK, MISSING, WARN, INFO, SKIPPED = "ok", "missing", "warn", "info", "skipped"
+# The doctor's advice is about the sweep, which runs under pytest: its flags, not the CLI's.
+SWEEP_FLAG = PYTEST_PREFIX
 COUNTER_POLL_S = 0.001
 COUNTER_WATCH_S = 1.5  # long enough for several updates of a 100 ms counter
 HELD_WITHIN = 0.05  # a locked clock counts as held within 5% under load
@@ -170,7 +173,7 @@ def _idle_and_readings(d: Diagnosis, gpu: NvmlGpu) -> None:
             "supported clocks",
             MISSING,
             "none listed",
-            "sweep with --greenllm-freqs=default: the clock axis needs lockable clocks",
+            f"sweep with {SWEEP_FLAG}freqs=default: the clock axis needs lockable clocks",
         )
     if gpu.energy_mj() is None:
         d.add(
@@ -246,7 +249,7 @@ def _permissions(d: Diagnosis, gpu: NvmlGpu, guard: ClockGuard, read_only: bool)
                 "permission to lock clocks",
                 MISSING,
                 e.message,
-                "run the sweep as root with persistence mode on, or with --greenllm-freqs=default",
+                f"run the sweep as root with persistence mode on, or with {SWEEP_FLAG}freqs=default",
             )
     limit = gpu.power_limit_mw()
     can_limit = False
@@ -260,7 +263,7 @@ def _permissions(d: Diagnosis, gpu: NvmlGpu, guard: ClockGuard, read_only: bool)
             "permission to set power limits",
             MISSING,
             e.message,
-            "run as root to sweep or set power limits (--greenllm-power-limit)",
+            f"run as root to sweep or set power limits ({SWEEP_FLAG}power-limit)",
         )
     finally:
         guard.restore()
@@ -347,7 +350,9 @@ def _under_load(d: Diagnosis, gpu: NvmlGpu, guard: ClockGuard, lock: bool, windo
             status,
             f"counter {device.energy_j:.1f} J, integrated {device.sampled_energy_j or 0:.1f} J over "
             f"{result.duration_s:.1f} s: {device.disagreement:.1%} apart",
-            "" if status == OK else "short windows will disagree: keep --greenllm-min-window well above 1 s",
+            ""
+            if status == OK
+            else f"short windows will disagree: keep {SWEEP_FLAG}min-window well above 1 s",
         )
 
 
