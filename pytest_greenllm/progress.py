@@ -26,6 +26,11 @@ def duration_text(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def number(value: float) -> str:
+    """Four significant digits, never in exponent form: '16960', '7.572', '0.0123'."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 @dataclass
 class Progress:
     """What has run so far, against the plan: the engine of every planned point, in order."""
@@ -83,7 +88,7 @@ class Progress:
         """One finished point: its key figures, the count done and left, the time remaining."""
         s = record.summary
         figures = [
-            f"{value:.4g} {metric.unit}" if metric.unit != "ms" else f"{metric.label} {value:.4g} ms"
+            f"{number(value)} {metric.unit}" if metric.unit != "ms" else f"{metric.label} {number(value)} ms"
             for metric in (OUTPUT_THROUGHPUT, TTFT_P99, TBT_P99, J_PER_TOKEN, AVG_POWER)
             if (value := metric.of(s)) is not None
         ]

@@ -10,7 +10,7 @@ from fake_engine import sweep_knobs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_greenllm.progress import Progress, duration_text
+from pytest_greenllm.progress import Progress, duration_text, number
 
 KNOBS = (*sweep_knobs(0.1, 2, "8:4,16:4"), "--greenllm-batch=2,3")
 
@@ -73,3 +73,8 @@ def test_quiet_runs_print_no_progress(sweep: pytest.Pytester) -> None:
     result = sweep.runpytest(*KNOBS, "-q")
     result.assert_outcomes(passed=4)
     assert not [line for line in result.outlines if line.startswith("greenllm: [") or "estimated" in line]
+
+
+@pytest.mark.parametrize(("value", "text"), [(16960.4, "16960"), (7.5721, "7.572"), (0.012345, "0.01235")])
+def test_figures_never_print_in_exponent_form(value: float, text: str) -> None:
+    assert number(value) == text
