@@ -426,7 +426,13 @@ def diagnose(
             return diagnosis
         if not read_only:
             guard.install()
-            for note in guard.recover_stale():
+            try:
+                notes = guard.recover_stale()
+            except DeviceError as e:
+                # Another run's clocks: not the doctor's to touch, nor to measure beside.
+                diagnosis.add("system", "clock state", MISSING, e.message, "wait for that run to end")
+                return diagnosis
+            for note in notes:
                 diagnosis.add("system", "clock state", INFO, note)
         # Every GPU at rest first: idle power is read before any load has warmed them up.
         lockable = {
@@ -453,7 +459,10 @@ def diagnose(
             )
     finally:
         try:
-            guard.restore()
+            # Only what the doctor changed: restoring nothing would delete another run's
+            # record of its locked clocks.
+            if guard.changed:
+                guard.restore()
         finally:
             guard.uninstall()
             session.close()

@@ -288,7 +288,8 @@ def _run(
                 for output in outputs:
                     stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
             elif nxt < len(order):
-                sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
+                with watchdog.idle():
+                    sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
     except Exception as e:
         raise EngineFailed(f"the engine failed during the run: {e}") from e
     return [

@@ -28,7 +28,11 @@ def duration_text(seconds: float) -> str:
 
 def number(value: float) -> str:
     """Four significant digits, never in exponent form: '16960', '7.572', '0.0123'."""
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    if 0 < abs(value) < 0.001:
+        return f"{value:.6f}".rstrip("0")
+    return f"{value:.4g}"
 
 
 @dataclass

@@ -196,10 +196,12 @@ def energy_regressions(base: Summary, head: Summary, tolerance: float) -> list[R
     """The regression test of every gated metric both summaries have repeats of."""
     out = []
     for metric in GATED_METRICS:
-        before, now = metric.repeats(base), metric.repeats(head)
-        if before and now:
-            # None (an undefined repeat) reaches the test, which refuses it by name.
-            out.append(regression(metric.key, before, now, tolerance))  # type: ignore[arg-type]
+        # An undefined repeat (no token, no energy) carries nothing to compare; a baseline
+        # that measured no energy (windows too short for the counter) neither.
+        before = [v for v in metric.repeats(base) if v is not None]
+        now = [v for v in metric.repeats(head) if v is not None]
+        if before and now and sum(before) > 0:
+            out.append(regression(metric.key, before, now, tolerance))
     return out
 
 
@@ -407,13 +409,21 @@ class Report:
                 raise RecordError(f"point {index}: {e}") from None
         return cls(
             device=data["device"],
-            machine=dict(data.get("machine") or {}),
-            git=data.get("git"),
+            machine=_object(data.get("machine"), "machine"),
+            git=data.get("git") if isinstance(data.get("git"), dict) else None,
             fingerprint=dict(data["fingerprint"]),
-            settings=dict(data.get("settings") or {}),
+            settings=_object(data.get("settings"), "settings"),
             points=tuple(points),
             created=str(data.get("created", "")),
         )
+
+
+def _object(value: Any, name: str) -> JsonObject:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecordError(f"the report's {name!r} is not an object")
+    return dict(value)
 
 
 def _plain(value: Any) -> Any:

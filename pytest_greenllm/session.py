@@ -37,6 +37,13 @@ def point_of(item: pytest.Item) -> KnobPoint | None:
     return point if isinstance(point, KnobPoint) else None
 
 
+def _names_tests(config: pytest.Config) -> bool:
+    """Whether the command line names test files or node ids: then the user asked for those
+    tests, and a sweep of hours beside them would not be what they meant."""
+    base = config.invocation_params.dir
+    return any("::" in arg or (base / arg).is_file() for arg in config.args)
+
+
 def _engine_key(item: pytest.Item) -> Hashable | None:
     point = point_of(item)
     return None if point is None else point.engine
@@ -64,6 +71,8 @@ class GreenLLMSession:
         """
         try:
             self.driver.close()
+        except Exception as e:  # any driver's; the reports must still be written
+            self.close_error = f"shutting the engine down failed: {e}"
         finally:
             try:
                 self.sweep.close()
@@ -142,7 +151,7 @@ class GreenLLMSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
-        if self.builtin_sweep:
+        if self.builtin_sweep and not _names_tests(session.config):
             # The sweep ships in the package: collected here, it runs in any folder, even
             # one without tests of its own, and -k, -m and the grouping below see it.
             module = pytest.Module.from_parent(session, path=BUILTIN_SWEEP, nodeid=BUILTIN_NODEID)

@@ -30,6 +30,7 @@ from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_
 MakeBackend = Callable[[Settings], Backend]
 SET_SLO = Hint("slo", template="; set {flag} to check yours")
 LEAVE_CLOCKS_ALONE = Hint("freqs", "default", "; pass {flag}")
+LEAVE_POWER_LIMIT = Hint("power-limit", "default", ", or pass {flag} to leave the power limit alone")
 
 
 class SetupError(HintedError):
@@ -56,7 +57,8 @@ def open_device(settings: Settings, make_backend: MakeBackend) -> Backend:
             guard.set_power_limit(backend.gpus, settings.power_limit_mw)
         except DeviceError as e:
             backend.close()
-            raise SetupError(f"setting the power limit: {e.message}", e.hint) from None
+            hint = LEAVE_POWER_LIMIT if isinstance(e, NoPermission) else e.hint
+            raise SetupError(f"setting the power limit: {e.message}", hint) from None
     return backend
 
 
@@ -207,6 +209,9 @@ class Sweep:
     def lock_clocks(self, mhz: int | None, tp: int | None = None) -> int | None:
         """Lock the first ``tp`` GPUs (None: all) at ``mhz`` for one point; returns the
         clock locked (None: left alone). PointSkipped where the clocks cannot be locked."""
+        if self.backend.sources:
+            # Idle power is measured once, before any clock of the session is locked.
+            self.meter()
         if mhz is None:
             return None
         guard = self.backend.guard
@@ -216,6 +221,7 @@ class Sweep:
         try:
             locked, _ = guard.lock_clocks(self.backend.gpus[:tp], mhz)
         except (NoPermission, NotSupported) as e:
+            self.restore_clocks()  # the GPUs locked before the one that refused
             raise PointSkipped(f"clocks not locked: {e.message}", e.hint) from None
         return locked
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -75,6 +77,8 @@ class Watchdog:
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._last = time.monotonic()
+        self._idle = False
+        self._queue: Any = getattr(llm.llm_engine.engine_core, "outputs_queue", None)
         self._thread = threading.Thread(target=self._watch, name="greenllm-watchdog", daemon=True)
         self.cause: str | None = None
 
@@ -83,29 +87,41 @@ class Watchdog:
         self._last = time.monotonic()
         self._pace.step(step_s)
 
+    @contextmanager
+    def idle(self) -> Iterator[None]:
+        """The run waits for its next arrival: no output is due, so no stall can be."""
+        self._idle = True
+        try:
+            yield
+        finally:
+            self._idle = False
+            self._last = time.monotonic()
+
     def _watch(self) -> None:
         while not self._stop.wait(self._poll_s):
             cause = dead_process(self._llm)
             waited = time.monotonic() - self._last
             limit = self._pace.limit_s()
-            if cause is None and waited > limit:
+            if cause is None and not self._idle and waited > limit:
                 cause = (
                     f"no output for {waited:.0f} s, beyond the stall timeout of {limit:.0f} s "
                     "(the stall-timeout option sets it)"
                 )
             if cause is not None:
                 self.cause = cause
-                queue = getattr(self._llm.llm_engine.engine_core, "outputs_queue", None)
-                if queue is not None:
-                    queue.put_nowait(EngineDied(cause))
+                self._queue.put_nowait(EngineDied(cause))
                 return
 
     def __enter__(self) -> Watchdog:
-        self._thread.start()
+        # Without vLLM's output queue (an in-process client) a blocked step cannot be woken:
+        # the engine then runs unwatched, as before.
+        if self._queue is not None:
+            self._thread.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()

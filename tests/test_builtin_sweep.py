@@ -80,3 +80,9 @@ def test_reset_clocks_with_nothing_recorded_needs_no_gpu(
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert main(["reset-clocks"]) == 0
     assert "nothing to reset" in capsys.readouterr().out
+
+
+def test_naming_tests_runs_those_only(sweep: pytest.Pytester) -> None:
+    # The user asked for one file (or node id): hours of built-in sweep beside it would surprise.
+    result = sweep.runpytest(*KNOBS, "test_sweep.py", "--collect-only", "-q")
+    assert collected(result) == OWN

@@ -149,3 +149,12 @@ def test_an_unknown_device_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exit_:
         main(["doctor", "--device", "bogus"])
     assert exit_.value.code == 2
+
+
+def test_read_only_leaves_another_runs_clock_record_alone(
+    fake: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    record = tmp_path / "clock-state.json"
+    record.write_text('{"pid": 999999, "gpus": {}}')
+    doctor(capsys, "--read-only")
+    assert record.read_text() == '{"pid": 999999, "gpus": {}}'

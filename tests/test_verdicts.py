@@ -349,3 +349,16 @@ def test_energy_regressions_compares_only_metrics_both_have() -> None:
     assert energy_regressions(summarise(()), base, TOLERANCE) == []
     both = energy_regressions(base, dataclasses.replace(head, avg_power_w_repeats=(330.0,) * 3), TOLERANCE)
     assert [(v.metric, v.regressed) for v in both] == [("j_per_output_token", True), ("avg_power_w", True)]
+
+
+def test_unknown_repeats_and_a_zero_baseline_are_not_compared() -> None:
+    # A null repeat (no token generated) is dropped; a baseline that read 0 J (windows too
+    # short for the counter) gives no ratio to test against.
+    base = dataclasses.replace(
+        summarise(()), j_per_output_token_repeats=(None, 0.5), avg_power_w_repeats=(0.0, 0.0)
+    )
+    head = dataclasses.replace(
+        summarise(()), j_per_output_token_repeats=(0.6, None), avg_power_w_repeats=(100.0, 90.0)
+    )
+    [only] = energy_regressions(base, head, 0.05)
+    assert (only.metric, only.base_mean, only.head_mean) == ("j_per_output_token", 0.5, 0.6)

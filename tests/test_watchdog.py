@@ -191,3 +191,10 @@ def test_killing_the_real_engine_core_mid_point_fails_that_point_only(tmp_path: 
     assert "2 engine builds for 1 engine configuration" in out
     state = json.loads((tmp_path / "fake-gpus.json").read_text())
     assert all(gpu["locked_mhz"] is None for gpu in state.values())
+
+
+def test_waiting_for_the_next_arrival_is_no_stall(vllm_imported: None) -> None:
+    # A gap between arrivals longer than the stall timeout: the engine has nothing to do.
+    llm, _ = blocking_llm(hang_after=10_000)
+    records = run_requests(llm, REQUESTS, [0.0, 1.5], "gaps", pace=Pace(stall_timeout_s=0.6))
+    assert [r.output_tokens for r in records] == [4, 4]
