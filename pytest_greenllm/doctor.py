@@ -219,50 +219,56 @@ def _idle_and_readings(d: Diagnosis, gpu: NvmlGpu) -> None:
         )
 
 
+def _tried(d: Diagnosis, scope: str, name: str, action: Callable[[], object], done: str, fix: str) -> bool:
+    """Try a change NVML may refuse: a finding either way; returns whether it was allowed."""
+    try:
+        action()
+    except (NoPermission, NotSupported) as e:
+        d.add(scope, name, MISSING, e.message, fix)
+        return False
+    d.add(scope, name, OK, done)
+    return True
+
+
 def _permissions(d: Diagnosis, gpu: NvmlGpu, guard: ClockGuard, read_only: bool) -> tuple[bool, bool]:
     """Whether clocks can be locked and limits set here: tried and put back, or as NVML states."""
     scope = gpu.label
     root = os.geteuid() == 0
     if read_only:
         try:
-            needs_root = gpu.clock_changes_need_root()
             stated = (
-                "NVML restricts clock changes to root" if needs_root else "NVML lets anyone change clocks"
+                "NVML restricts clock changes to root"
+                if gpu.clock_changes_need_root()
+                else "NVML lets anyone change clocks"
             )
         except DeviceError as e:
-            needs_root, stated = True, f"NVML does not say ({e.message})"
+            stated = f"NVML does not say ({e.message})"
         who = "this process runs as root" if root else f"this process runs as uid {os.geteuid()}"
         d.add(scope, "permission to lock clocks", INFO, f"not tried (read-only): {stated}; {who}")
         d.add(scope, "permission to set power limits", INFO, f"not tried (read-only): {who}")
         return False, False
     clocks = gpu.info.supported_clocks_mhz
-    can_lock = False
-    if clocks:
-        try:
-            guard.lock_clocks([gpu], clocks[len(clocks) // 2])
-            guard.restore(clocks_only=True)
-            can_lock = True
-            d.add(scope, "permission to lock clocks", OK, "locked, then reset")
-        except (NoPermission, NotSupported) as e:
-            d.add(
-                scope,
-                "permission to lock clocks",
-                MISSING,
-                e.message,
-                f"run the sweep as root with persistence mode on, or with {SWEEP_FLAG}freqs=default",
-            )
+
+    def lock_then_reset() -> None:
+        guard.lock_clocks([gpu], clocks[len(clocks) // 2])
+        guard.restore(clocks_only=True)
+
+    can_lock = bool(clocks) and _tried(
+        d,
+        scope,
+        "permission to lock clocks",
+        lock_then_reset,
+        "locked, then reset",
+        f"run the sweep as root with persistence mode on, or with {SWEEP_FLAG}freqs=default",
+    )
     limit = gpu.power_limit_mw()
-    can_limit = False
     try:
-        guard.set_power_limit([gpu], limit)
-        can_limit = True
-        d.add(scope, "permission to set power limits", OK, "set, then put back")
-    except (NoPermission, NotSupported) as e:
-        d.add(
+        can_limit = _tried(
+            d,
             scope,
             "permission to set power limits",
-            MISSING,
-            e.message,
+            lambda: guard.set_power_limit([gpu], limit),
+            "set, then put back",
             f"run as root to sweep or set power limits ({SWEEP_FLAG}power-limit)",
         )
     finally:
