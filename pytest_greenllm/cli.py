@@ -8,7 +8,6 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,8 +191,7 @@ def _knobs(args: argparse.Namespace) -> int:
     ini_path, ini = find_ini(Path.cwd())
     cli = {option.dest: getattr(args, option.dest) for option in OPTIONS}
     settings = Settings.from_sources(True, cli, ini, "--")
-    # The matrix needs the device's capabilities, not the session's power limit.
-    backend = open_device(replace(settings, power_limit_mw=None), lambda s: open_backend(s.device))
+    backend = open_device(settings, lambda s: open_backend(s.device))
     try:
         matrix = build_matrix(settings, backend.capabilities)
     finally:

@@ -31,6 +31,8 @@ from pytest_greenllm.workloads import (
 )
 
 MAX_CLOCK_MHZ: Final = 10_000
+# Far above any accelerator's limit: a larger value is a limit given in mW by mistake.
+MAX_POWER_LIMIT_W: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Raw:
     text: str
     source: str  # e.g. the flag with its value, or 'ini greenllm_tp = 0'
     flag_prefix: str = PYTEST_PREFIX  # of the front end reading it, to name other options
+    given: bool = True  # set on the command line or in the ini file, not the default
 
     def error(self, why: str) -> pytest.UsageError:
         return pytest.UsageError(f"{self.source}: {why}")
@@ -260,11 +263,42 @@ def parse_stall_timeout(raw: Raw) -> float | None:
     return parse_positive_float(raw, "the stall timeout ('auto' or seconds)")
 
 
-def parse_power_limit(raw: Raw) -> int | None:
-    """'default' (None) or watts > 0, returned in mW."""
-    if raw.text.strip().lower() == "default":
-        return None
-    return round(parse_positive_float(raw, "the power limit ('default' or watts)") * 1000)
+def parse_power_limits(raw: Raw) -> tuple[int | None, ...]:
+    """Whole watts and 'default' (None: leave the limit alone), comma separated, duplicates
+    dropped, order kept."""
+    limits: list[int | None] = []
+    for item in raw.items():
+        if item.lower() == "default":
+            limits.append(None)
+        elif item.isascii() and item.isdigit() and 1 <= int(item) <= MAX_POWER_LIMIT_W:
+            limits.append(int(item))
+        else:
+            raise raw.error(
+                f"{item!r} is not a power limit; give whole watts such as 300,500 (at most "
+                f"{MAX_POWER_LIMIT_W}), or 'default' to leave the limit alone"
+            )
+    return tuple(dict.fromkeys(limits))
+
+
+def parse_power_limit_axis(limits: Raw, single: Raw) -> tuple[int | None, ...]:
+    """The power-limit axis: ``limits`` (power-limits), or the one value of ``single``
+    (power-limit), which may not be given beside it."""
+    axis = parse_power_limits(limits)
+    if single.text.strip().lower() == "default":
+        return axis
+    if "," in single.text:
+        raise single.error(
+            f"give one power limit here; sweep several with {single.flag_prefix}{limits.option.name}"
+        )
+    value = parse_power_limits(single)
+    if limits.given:
+        prefix = single.flag_prefix
+        raise pytest.UsageError(
+            f"{single.source} and {limits.source} both set the power limit: give "
+            f"{prefix}{limits.option.name} alone ({prefix}{single.option.name}=W is "
+            f"{prefix}{limits.option.name}=W)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -286,7 +320,7 @@ class Settings:
     sample_hz: float  # Units: Hz.
     min_window_s: float  # Units: s.
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
-    power_limit_mw: int | None  # None: leave the power limit alone. Units: mW.
+    power_limits_w: tuple[int | None, ...]  # the axis; None leaves the limit alone. Units: W.
     stall_timeout_s: float | None  # None: from the engine's pace. Units: s.
     rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
     slos: tuple[tuple[str, Slo], ...]  # per workload name
@@ -319,7 +353,11 @@ class Settings:
                 raw[option.name] = Raw(option, text, f"ini {option.ini} = {text}", flag_prefix)
             else:
                 raw[option.name] = Raw(
-                    option, option.default, f"default {option.name}={option.default}", flag_prefix
+                    option,
+                    option.default,
+                    f"default {option.name}={option.default}",
+                    flag_prefix,
+                    given=False,
                 )
         trace = parse_trace(raw["trace"])
         buckets = DEFAULT_BUCKETS
@@ -342,7 +380,7 @@ class Settings:
             sample_hz=parse_positive_float(raw["sample-hz"], "the sampling rate"),
             min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
-            power_limit_mw=parse_power_limit(raw["power-limit"]),
+            power_limits_w=parse_power_limit_axis(raw["power-limits"], raw["power-limit"]),
             stall_timeout_s=parse_stall_timeout(raw["stall-timeout"]),
             rate=parse_rate(raw["rate"]),
             slos=parse_slos(raw["slo"], workloads),

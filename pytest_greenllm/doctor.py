@@ -201,13 +201,13 @@ def _idle_and_readings(d: Diagnosis, gpu: NvmlGpu) -> None:
         instant = gpu.instant_power_mw()
     except DeviceError:
         instant = None
-    average = gpu.read().power_mw
+    average = gpu.average_power_mw()
     if instant is None:
         d.add(
             scope,
             "instantaneous power",
             WARN,
-            f"not offered; the average reads {(average or 0) / 1000:.1f} W",
+            f"not offered; the average reads {average / 1000:.1f} W",
             "the power timeline uses the 1 s average, which lags a change by about a second",
         )
     else:
@@ -215,7 +215,7 @@ def _idle_and_readings(d: Diagnosis, gpu: NvmlGpu) -> None:
             scope,
             "instantaneous power",
             OK,
-            f"{instant / 1000:.1f} W (the 1 s average reads {(average or 0) / 1000:.1f} W)",
+            f"{instant / 1000:.1f} W (the 1 s average reads {average / 1000:.1f} W)",
         )
 
 
@@ -269,7 +269,7 @@ def _permissions(d: Diagnosis, gpu: NvmlGpu, guard: ClockGuard, read_only: bool)
             "permission to set power limits",
             lambda: guard.set_power_limit([gpu], limit),
             "set, then put back",
-            f"run as root to sweep or set power limits ({SWEEP_FLAG}power-limit)",
+            f"run as root to sweep or set power limits ({SWEEP_FLAG}power-limits)",
         )
     finally:
         guard.restore()

@@ -22,6 +22,28 @@ class EngineFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Step:
+    """One engine step of a run, as the driver saw it return. ``end_s`` is the driver's
+    monotonic clock, the one its token stamps use. A step that scheduled no tokens is the
+    engine waiting (for the next arrival)."""
+
+    end_s: float  # Units: s.
+    prefill_tokens: int  # prompt tokens the step computed (chunks of a chunked prefill too)
+    decode_tokens: int  # output tokens the step generated for requests already past prefill
+    first_tokens: int  # requests whose first output token came with this step
+    finished: int  # requests that finished with this step
+    tokens_from: str = "outputs"  # 'scheduler': the engine's own count; 'outputs': the driver's
+
+
+class StepObserver(Protocol):
+    """Told of every engine step of a run, as it returns; the energy meter reads its
+    counters there (``phases.CounterLog``). Called on the driver's thread, so it must be
+    quick."""
+
+    def step(self, step: Step) -> None: ...
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Everything an engine is built from."""
 
@@ -53,10 +75,12 @@ class Driver(Protocol):
         requests: Sequence[RequestSpec],
         arrivals_s: Sequence[float],
         tag: str,
+        observer: StepObserver | None = None,
     ) -> list[RequestRecord]:
         """Send ``requests`` at their arrival offsets (seconds from the start) to the engine
         of ``spec`` and stamp every output token; outputs have the lengths the requests force.
-        ``tag`` keeps request ids unique across runs."""
+        ``tag`` keeps request ids unique across runs. ``observer`` hears of every step, with
+        the work it scheduled, as soon as it returns."""
         ...
 
     def close(self) -> None:

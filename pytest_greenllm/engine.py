@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from pytest_greenllm.driver import EngineFailed, EngineSpec
+from pytest_greenllm.driver import EngineFailed, EngineSpec, Step, StepObserver
 from pytest_greenllm.knobs import EngineConfig, count_of
 from pytest_greenllm.metrics import RequestRecord
 from pytest_greenllm.watchdog import Pace, Watchdog
@@ -70,8 +70,20 @@ def cpu_thread_binding(tp: int, cores: Sequence[int]) -> str:
     return "|".join(",".join(str(c) for c in group) for group in groups)
 
 
-def engine_kwargs(spec: EngineSpec, cpu: bool) -> dict[str, Any]:
-    """The ``vllm.LLM`` arguments for ``spec``."""
+def iteration_details_supported() -> bool:
+    """Whether this vLLM reports what each engine step scheduled (its iteration details):
+    the prefill/decode energy split needs it, and an unknown engine argument would fail
+    the build."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return "enable_logging_iteration_details" in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def engine_kwargs(spec: EngineSpec, cpu: bool, step_details: bool = False) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments for ``spec``; ``step_details`` asks the engine to report
+    the prefill and decode tokens of every step (see :class:`SchedulerView`)."""
     kwargs: dict[str, Any] = {
         "model": spec.model.path,
         "tensor_parallel_size": spec.config.tp,
@@ -81,6 +93,8 @@ def engine_kwargs(spec: EngineSpec, cpu: bool) -> dict[str, Any]:
         "enable_prefix_caching": False,
         "seed": 0,
     }
+    if step_details:
+        kwargs.update(disable_log_stats=False, enable_logging_iteration_details=True)
     if spec.max_model_len is not None:
         kwargs["max_model_len"] = spec.max_model_len
     if spec.model.embedded:
@@ -110,9 +124,15 @@ def build_llm(spec: EngineSpec) -> Any:
             cpu = on_cpu()
             if cpu:
                 os.environ.update(cpu_environment(spec.config.tp))
-            return LLM(**engine_kwargs(spec, cpu))
+            details = iteration_details_supported()
+            llm = LLM(**engine_kwargs(spec, cpu, details))
     except Exception as e:  # vLLM raises many kinds; the test must get its message
         raise EngineFailed(f"building the engine for {spec.config} failed: {e}") from e
+    if details:
+        # The step details come with vLLM's statistics, whose loggers would print a line
+        # per step; SchedulerView reads them before the loggers would.
+        llm.llm_engine.logger_manager = None
+    return llm
 
 
 # How long the client's output thread may take to close its socket after shutdown.
@@ -220,6 +240,48 @@ class EngineCache:
             )
 
 
+SCHEDULER = "scheduler"
+
+
+class SchedulerView:
+    """What each step of an engine scheduled: its prefill and decode tokens.
+
+    vLLM's engine core attaches them to each step's outputs (``SchedulerIterationDetails``)
+    when built with statistics and iteration details on, and ``LLMEngine.step`` keeps them
+    to itself; this reads them as they pass through the client's ``get_output``. Where an
+    engine has none, :meth:`take` says so and the run counts tokens from the outputs.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._client = getattr(engine, "engine_core", None)
+        self._original: Callable[[], Any] | None = getattr(self._client, "get_output", None)
+        self._details: Any = None
+
+    def _get_output(self) -> Any:
+        assert self._original is not None
+        outputs = self._original()
+        stats = getattr(outputs, "scheduler_stats", None)
+        self._details = getattr(stats, "iteration_details", None)
+        return outputs
+
+    def __enter__(self) -> SchedulerView:
+        if self._original is not None:
+            self._client.get_output = self._get_output  # type: ignore[union-attr]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._original is not None:
+            # The instance attribute goes; the class's method shows through again.
+            vars(self._client).pop("get_output", None)
+
+    def take(self) -> tuple[int, int] | None:
+        """(prefill tokens, decode tokens) of the step that just returned; None unknown."""
+        details, self._details = self._details, None
+        if details is None or getattr(details, "is_dummy", False):
+            return None
+        return int(details.num_ctx_tokens), int(details.num_generation_tokens)
+
+
 def run_requests(
     llm: Any,
     requests: Sequence[RequestSpec],
@@ -228,14 +290,16 @@ def run_requests(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     pace: Pace | None = None,
+    observer: StepObserver | None = None,
 ) -> list[RequestRecord]:
     """Submit ``requests`` at their arrival offsets and step the engine until all finish,
     stamping every output token as it arrives. Outputs are exactly ``output_tokens`` long.
     An engine that dies or stalls (beyond what ``pace`` allows) fails the run with the cause.
+    ``observer`` hears of every step and of every wait for an arrival.
     """
-    with library_warnings(), Watchdog(llm, pace or Pace()) as watchdog:
+    with library_warnings(), Watchdog(llm, pace or Pace()) as watchdog, SchedulerView(llm.llm_engine) as view:
         try:
-            return _run(llm, requests, arrivals_s, tag, clock, sleep, watchdog)
+            return _run(llm, requests, arrivals_s, tag, clock, sleep, watchdog, view, observer)
         except EngineFailed as e:
             if watchdog.cause is None:
                 raise
@@ -251,6 +315,8 @@ def _run(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     watchdog: Watchdog,
+    view: SchedulerView,
+    observer: StepObserver | None,
 ) -> list[RequestRecord]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -261,6 +327,7 @@ def _run(
     sent: dict[str, float] = {}
     stamps: dict[str, list[float]] = {}
     ids = [f"{tag}-{i}" for i in range(len(requests))]
+    prompt_lengths = {rid: len(spec.prompt_token_ids) for rid, spec in zip(ids, requests)}
     start = clock()
     nxt = 0
     try:
@@ -285,11 +352,31 @@ def _run(
                 outputs = engine.step()
                 t = clock()
                 watchdog.progress(t - before)
+                firsts = finished = prefill = decode = 0
                 for output in outputs:
-                    stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
+                    tokens = len(output.outputs[0].token_ids)
+                    first = not stamps[output.request_id] and tokens > 0
+                    stamps[output.request_id].extend([t] * tokens)
+                    firsts += first
+                    finished += bool(output.finished)
+                    if first:
+                        # Without the scheduler's count: the prompt's prefill ends with the
+                        # first token (all of it is charged to this step).
+                        prefill += prompt_lengths[output.request_id]
+                        decode += tokens - 1
+                    else:
+                        decode += tokens
+                if observer is not None:
+                    scheduled = view.take()
+                    if scheduled is None:
+                        observer.step(Step(t, prefill, decode, firsts, finished))
+                    else:
+                        observer.step(Step(t, *scheduled, firsts, finished, SCHEDULER))
             elif nxt < len(order):
                 with watchdog.idle():
                     sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
+                if observer is not None:
+                    observer.step(Step(clock(), 0, 0, 0, 0))
     except Exception as e:
         raise EngineFailed(f"the engine failed during the run: {e}") from e
     return [
@@ -332,8 +419,11 @@ class VllmOfflineDriver:
         requests: Sequence[RequestSpec],
         arrivals_s: Sequence[float],
         tag: str,
+        observer: StepObserver | None = None,
     ) -> list[RequestRecord]:
-        return run_requests(self.cache.get(spec), requests, arrivals_s, tag, pace=self._pace_of(spec))
+        return run_requests(
+            self.cache.get(spec), requests, arrivals_s, tag, pace=self._pace_of(spec), observer=observer
+        )
 
     def close(self) -> None:
         self.cache.close()

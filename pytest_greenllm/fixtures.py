@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from dataclasses import replace
+from typing import Any, NoReturn
 
 import pytest
 
@@ -70,6 +71,18 @@ def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
         _skip(e)
 
 
+def _asked(request: pytest.FixtureRequest, field: str) -> tuple[Any, int | None]:
+    """The value a device fixture is asked to set and on how many GPUs (None: all): the
+    parameter of an indirect parametrization, else the knob point's ``field`` on its ``tp``
+    GPUs, else None (leave the device alone)."""
+    if hasattr(request, "param"):
+        return request.param, None
+    if POINT_FIXTURE in request.fixturenames:
+        point: KnobPoint = request.getfixturevalue(POINT_FIXTURE)
+        return getattr(point, field), point.tp
+    return None, None
+
+
 @pytest.fixture
 def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSession) -> Iterator[int | None]:
     """Lock the SM clock of every GPU for one test and reset it after, however it ends.
@@ -79,13 +92,7 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
     None leaves the clocks alone. Yields the clock actually locked (snapped to a supported
     one). Skips, with what to do, where clocks cannot be locked.
     """
-    mhz: int | None = None
-    tp: int | None = None
-    if hasattr(request, "param"):
-        mhz = request.param
-    elif POINT_FIXTURE in request.fixturenames:
-        point: KnobPoint = request.getfixturevalue(POINT_FIXTURE)
-        mhz, tp = point.freq_mhz, point.tp
+    mhz, tp = _asked(request, "freq_mhz")
     sweep = greenllm_session.sweep
     try:
         locked = sweep.lock_clocks(mhz, tp)
@@ -96,7 +103,30 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
         yield locked
     finally:
         if locked is not None:
-            sweep.restore_clocks()
+            sweep.restore()
+
+
+@pytest.fixture
+def power_limit(request: pytest.FixtureRequest, greenllm_session: GreenLLMSession) -> Iterator[float | None]:
+    """Set the power limit of every GPU for one test and put it back after, however it ends.
+
+    The limit, in whole W, is the knob point's (``greenllm_point``, on its ``tp`` GPUs), or
+    the parameter of an indirect parametrization
+    (``@pytest.mark.parametrize("power_limit", [300], indirect=True)``); None leaves it
+    alone. Yields the limit the GPUs report once it is set, in W (None: left alone).
+    Skips, with what to do, where the limit cannot be set.
+    """
+    watts, tp = _asked(request, "power_limit_w")
+    sweep = greenllm_session.sweep
+    try:
+        limit_w = sweep.set_power_limit(watts, tp)
+    except PointSkipped as e:
+        _skip(e)
+    try:
+        yield limit_w
+    finally:
+        if limit_w is not None:
+            sweep.restore()
 
 
 @pytest.fixture
@@ -123,8 +153,10 @@ def greenllm_result(
     greenllm_point: KnobPoint,
     greenllm_session: GreenLLMSession,
     locked_clocks: int | None,
+    power_limit: float | None,
 ) -> PointResult:
-    """Measure this point: warm-up, then every repeat inside an energy window, then judge it.
+    """Measure this point, at its clock and power limit: warm-up, then every repeat inside an
+    energy window, then judge it.
 
     The result goes to the journal at once and to the report at the end, its key figures
     into the test's ``user_properties`` (and so into ``--junitxml``) and, when the test
@@ -162,6 +194,7 @@ def greenllm_result(
         # block so that it reads as the engine's message, not as a chain of three.
         greenllm_session.engine_failed()
         pytest.fail(failure, pytrace=False)
+    result = replace(result, power_limit_w=power_limit)
     record = sweep.results.record(result)
     request.node.stash[point_record_key] = record
     properties = result_properties(record)

@@ -1,4 +1,5 @@
-"""The knob matrix: every combination of clock, TP, batch and workload, minus the invalid ones.
+"""The knob matrix: every combination of TP, batch, power limit, clock and workload, minus the
+invalid ones.
 
 Points are ordered so that all points sharing an engine configuration (model, TP, batch
 limit) are adjacent: building a vLLM engine costs far more than changing the clock or the
@@ -53,6 +54,8 @@ class KnobPoint:
     batch: int
     workload: Workload
     freq_mhz: int | None  # locked SM clock; None leaves the clocks alone. Units: MHz.
+    # Last, with a default: reports written before the axis existed have no such key.
+    power_limit_w: int | None = None  # GPU power limit; None leaves it alone. Units: W.
 
     @property
     def engine(self) -> EngineConfig:
@@ -68,13 +71,26 @@ class KnobPoint:
 
     @property
     def id(self) -> str:
-        """The test id, e.g. ``L-tp2-b16-1410MHz``: each axis's fragment, in ``ID_ORDER``."""
-        return "-".join(axis.fragment(self.value(axis)) for axis in ID_ORDER)
+        """The test id, e.g. ``L-tp2-b16-1410MHz-pl300W``: each axis's fragment, in
+        ``ID_ORDER``; an axis at a value that adds nothing (the power limit left alone) is
+        left out, so that the ids of sweeps without it stay as they were."""
+        fragments = (axis.fragment(self.value(axis)) for axis in ID_ORDER)
+        return "-".join(fragment for fragment in fragments if fragment)
 
 
 def freq_label(mhz: int | None) -> str:
     """'1410MHz', or 'default' where the clocks are left alone."""
     return "default" if mhz is None else f"{mhz}MHz"
+
+
+def power_limit_label(watts: int | None) -> str:
+    """'300W', or 'default' where the power limit is left alone."""
+    return "default" if watts is None else f"{watts}W"
+
+
+def power_limit_fragment(watts: int | None) -> str:
+    """'pl300W', or nothing where the power limit is left alone."""
+    return "" if watts is None else f"pl{watts}W"
 
 
 @dataclass(frozen=True)
@@ -89,21 +105,31 @@ class Axis:
     option: str  # its options.OPTIONS entry, which names its flag and ini key
     settings: str  # the Settings field holding the values asked for (config.parse_<...>)
     header: str  # its column in `greenllm knobs` and in `greenllm export --format csv`
-    fragment: Callable[[Any], str]  # the value's part of a point id
+    fragment: Callable[[Any], str]  # the value's part of a point id; '' adds none
     rebuilds_engine: bool  # a new value needs a new engine (else it acts on device or load)
     label: Callable[[Any], object] = lambda value: value  # the value as tables show it
 
 
 # In sweep order: a new engine costs far more than a clock change, and a clock change may
-# wait for the GPU to cool, so engine axes are outermost and the workload innermost.
+# wait for the GPU to cool, so engine axes are outermost and the workload innermost. The
+# power limit caps the clock, so each limit's clocks run together.
 AXES: tuple[Axis, ...] = (
     Axis("tp", "tp", "tps", "tp", lambda tp: f"tp{tp}", True),
     Axis("batch", "batch", "batches", "batch", lambda batch: f"b{batch}", True),
+    Axis(
+        "power_limit_w",
+        "power-limits",
+        "power_limits_w",
+        "power limit",
+        power_limit_fragment,
+        False,
+        power_limit_label,
+    ),
     Axis("freq_mhz", "freqs", "freqs", "clock", freq_label, False, freq_label),
     Axis("workload", "workloads", "workloads", "workload", lambda w: w.name, False, lambda w: w.name),
 )
 AXES_BY_FIELD = {axis.field: axis for axis in AXES}
-ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "tp", "batch", "freq_mhz"))
+ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "tp", "batch", "freq_mhz", "power_limit_w"))
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,15 @@ class FreqAxis:
     freqs: tuple[int | None, ...]
     notes: tuple[str, ...]
     unsupported: dict[int, str]  # requested clock -> why no point can use it
+
+
+@dataclass(frozen=True)
+class PowerLimitAxis:
+    """The power limits to sweep, and what was changed on the way."""
+
+    limits_w: tuple[int | None, ...]  # Units: W.
+    notes: tuple[str, ...]
+    unsupported: dict[int, str]  # requested limit -> why no point can use it
 
 
 @dataclass(frozen=True)
@@ -175,6 +210,28 @@ def resolve_freqs(requested: FreqRequest, caps: Capabilities) -> FreqAxis:
     return FreqAxis(tuple(dict.fromkeys(freqs)), tuple(notes), unsupported)
 
 
+def resolve_power_limits(requested: Sequence[int | None], caps: Capabilities) -> PowerLimitAxis:
+    """The requested power limits, those outside the range of the GPUs marked; collapsed to
+    'default' where the device cannot set a power limit."""
+    if caps.power_limit_range_mw is None:
+        note = (
+            f"device={caps.kind} cannot set power limits: the power-limit axis is 'default' "
+            "(use an NVML device to sweep power limits)"
+        )
+        asked = any(watts is not None for watts in requested)
+        return PowerLimitAxis((None,), (note,) if asked else (), {})
+    low_mw, high_mw = caps.power_limit_range_mw
+    unsupported = {
+        watts: (
+            f"{watts} W is outside the {low_mw / 1000:g}-{high_mw / 1000:g} W power limits the "
+            f"{caps.accelerator} accepts"
+        )
+        for watts in requested
+        if watts is not None and not low_mw <= watts * 1000 <= high_mw
+    }
+    return PowerLimitAxis(tuple(requested), (), unsupported)
+
+
 def point_problems(point: KnobPoint, caps: Capabilities, model: ModelInfo) -> list[str]:
     """Why ``point`` cannot run on this device and model; empty when it can."""
     problems = []
@@ -201,16 +258,19 @@ def expand(
     batches: Sequence[int],
     workloads: Sequence[Workload],
     freqs: FreqRequest,
+    power_limits_w: Sequence[int | None],
     caps: Capabilities,
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
     """The cartesian product of the knobs, grouped by engine, invalid points set aside."""
     clocks = resolve_freqs(freqs, caps)
+    limits = resolve_power_limits(power_limits_w, caps)
     points: list[KnobPoint] = []
     removed: list[tuple[KnobPoint, str]] = []
     values: dict[str, Sequence[Any]] = {
         "tp": tps,
         "batch": batches,
+        "power_limit_w": limits.limits_w,
         "freq_mhz": clocks.freqs,
         "workload": workloads,
     }
@@ -220,12 +280,14 @@ def expand(
         problems = point_problems(point, caps, model)
         if point.freq_mhz in clocks.unsupported:
             problems.append(clocks.unsupported[point.freq_mhz])
+        if point.power_limit_w in limits.unsupported:
+            problems.append(limits.unsupported[point.power_limit_w])
         problems.extend(extra_problems(point))
         if problems:
             removed.append((point, "; ".join(problems)))
         else:
             points.append(point)
-    return Matrix(tuple(points), tuple(removed), clocks.notes, caps)
+    return Matrix(tuple(points), tuple(removed), clocks.notes + limits.notes, caps)
 
 
 def group_by_engine(items: Sequence[T], key: Callable[[T], Hashable | None]) -> list[T]:

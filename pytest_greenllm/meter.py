@@ -3,7 +3,10 @@
 The hardware counter is preferred (NVML's total-energy counter, RAPL's energy_uj); a
 background thread samples power at a fixed rate all the same, for the timeline, the peak,
 the observed clocks, and a cross-check against the counter. Where a source has no counter
-the integral of the sampled power (trapezoid rule) is the energy.
+the integral of the sampled power (trapezoid rule) is the energy. The timeline's power is
+instantaneous where the GPU reports it, else NVML's 1 s average, which lags a change by
+about a second: sub-windows of a run take their energy from counter reads at their edges
+(``phases.py``), never from the timeline.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pytest_greenllm.devices.base import EnergySource, Reading
+from pytest_greenllm.devices.base import AVERAGE, EnergySource, Reading
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.hints import CLI_PREFIX, Hint
 
@@ -69,6 +72,7 @@ class DeviceWindow:
     temperature_c_max: int | None  # Units: °C.
     event_reasons: tuple[str, ...]  # every clocks-event reason seen in the window
     clock_strayed: bool  # the held clock left the requested one by more than the tolerance
+    power_kind: str  # what the timeline's power is: 'instant', 'average' or 'counter'
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ class WindowResult:
     def method(self) -> str:
         methods = {d.method for d in self.devices}
         return methods.pop() if len(methods) == 1 else "mixed"
+
+    @property
+    def power_kind(self) -> str:
+        """What the timeline's power is: 'instant', 'average' (a moving average that lags
+        the load), 'counter' (differences of the energy counter), or 'mixed'."""
+        kinds = {d.power_kind for d in self.devices}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 @dataclass
@@ -353,8 +364,11 @@ class EnergyMeter:
         present = [(t, r) for t, r in readings if r is not None]
         missing = len(readings) - len(present)
         powered = [(t, r.power_mw / 1000) for t, r in present if r.power_mw is not None]
+        kinds = {r.power_kind or AVERAGE for _, r in present if r.power_mw is not None}
+        power_kind = kinds.pop() if len(kinds) == 1 else "mixed"
         if not powered:
             powered = _power_from_counter([(row.t_s, row.energies_mj[i]) for row in rows])
+            power_kind = COUNTER
         sampled_j = (
             trapezoid_j([t for t, _ in powered], [w for _, w in powered]) if len(powered) > 1 else None
         )
@@ -409,6 +423,7 @@ class EnergyMeter:
             temperature_c_max=max(temperatures, default=None),
             event_reasons=reason_names(mask),
             clock_strayed=strayed,
+            power_kind=power_kind,
         ), powered
 
 

@@ -149,8 +149,9 @@ OPTIONS: tuple[KnobOption, ...] = (
         "min-window",
         "SECONDS",
         "5",
-        "Shortest trustworthy measurement window, in seconds; shorter ones are flagged "
-        "(the energy counter updates about every 100 ms).",
+        "Shortest measurement window, in seconds: a point's requests run again, back to "
+        "back in the same window, until it is this long (the energy counter updates every "
+        "20-100 ms); 0 runs them once.",
     ),
     KnobOption(
         "cooldown",
@@ -168,10 +169,17 @@ OPTIONS: tuple[KnobOption, ...] = (
         "process that dies fails its point at once either way.",
     ),
     KnobOption(
+        "power-limits",
+        "WATTS,...",
+        "default",
+        "GPU power limits to sweep, in whole W, comma separated: each point runs with its "
+        "GPUs' limit set to one of them and put back after; 'default' leaves the limit alone.",
+    ),
+    KnobOption(
         "power-limit",
         "WATTS",
         "default",
-        "GPU power limit to set for the session, in W; 'default' leaves it alone.",
+        "One GPU power limit, in whole W: power-limits with a single value; give one or the other.",
     ),
 )
 

@@ -4,13 +4,14 @@ A point is measured (``PointResult``), summarised and judged into a ``PointRecor
 serialised once, by ``to_json``; every reader (report, journal, baseline, the ``greenllm``
 tools) gets it back through ``from_json``. No other module knows the JSON keys.
 
-Schema (``schema_version`` 1; docs/report-schema.md describes every field)::
+Schema (``schema_version`` 2, which reads 1 too; docs/report-schema.md describes every
+field)::
 
     {"schema": "pytest-greenllm report", "schema_version": 1, "created": ISO-8601,
      "device": "nvml" | "rapl" | "fake" | "none", "machine": {...}, "git": {...} | null,
      "fingerprint": {...}, "settings": {...}, "points": [{"id", "config", "locked_clock_mhz",
-     "repeats": [{"metrics": {...}, "energy": {...} | null}], "summary": {...},
-     "verdicts": {...}}]}
+     "power_limit_w", "repeats": [{"metrics": {...}, "energy": {...} | null}],
+     "summary": {...}, "verdicts": {...}}]}
 
 JSON has no NaN or infinity: an undefined figure is written as null, and read back as NaN
 where the field is a plain number.
@@ -30,10 +31,13 @@ import cattrs
 
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics
+from pytest_greenllm.phases import PhaseSplit
 from pytest_greenllm.verdicts import Goodput, Regression, Violation, regression
 
 SCHEMA = "pytest-greenllm report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 lacks only fields that version 2 added with defaults: it reads as it is.
+READABLE_VERSIONS = (1, 2)
 # What every stored point has, checked before its fields are read.
 POINT_FIELDS = (("id", str), ("config", dict), ("repeats", list), ("summary", dict), ("verdicts", dict))
 # One JSON object as json.loads returns it: the stored form, never passed between modules
@@ -64,6 +68,14 @@ class EnergyFigures:
     clock_strayed: bool
     short_window: bool
     warnings: tuple[str, ...]
+    # Added in schema version 2; a version-1 report reads them as unknown.
+    timeline_power: str | None = None  # the timeline's power: instant, average or counter
+    steady_from: str | None = None  # 'counter' (reads at its edges) or 'timeline'
+    j_per_total_token: float | None = None  # over prompt + output tokens. Units: J/token.
+    static_share: float | None = None  # idle power x duration / energy
+    edp_js: float | None = None  # energy-delay product: energy x window. Units: J*s.
+    event_reasons: tuple[tuple[str, tuple[str, ...]], ...] = ()  # per device, all seen
+    phases: PhaseSplit | None = None  # prefill/decode split; None: counter too coarse
 
 
 @dataclass(frozen=True)
@@ -72,15 +84,18 @@ class RepeatResult:
 
     metrics: RunMetrics
     energy: EnergyFigures | None  # None where no meter measures
+    passes: int = 1  # times the requests ran back to back in the window (min-window)
 
 
 @dataclass(frozen=True)
 class PointResult:
-    """Every repeat of a point, with the clock it ran at."""
+    """Every repeat of a point, with the clock and power limit it ran at."""
 
     point: KnobPoint
     locked_clock_mhz: int | None
     repeats: tuple[RepeatResult, ...]
+    # The limit the GPUs reported once it was set; None: left alone. Units: W.
+    power_limit_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,15 @@ class Summary:
     avg_power_w: float | None  # Units: W.
     j_per_output_token_repeats: tuple[float | None, ...]  # metered repeats only
     avg_power_w_repeats: tuple[float | None, ...]
+    # Added in schema version 2; a version-1 report reads them as unknown.
+    j_per_total_token: float | None = None  # Units: J/token.
+    j_per_prefill_token: float | None = None  # Units: J/token.
+    j_per_decode_token: float | None = None  # Units: J/token.
+    prefill_share: float | None = None  # of prefill + decode energy
+    energy_j: float | None = None  # gross, per repeat. Units: J.
+    energy_above_idle_j: float | None = None  # per repeat. Units: J.
+    static_share: float | None = None  # idle power's share of the energy
+    edp_js: float | None = None  # Units: J*s.
 
 
 def _known(value: float | None) -> float | None:
@@ -117,6 +141,7 @@ def summarise(repeats: Sequence[RepeatResult]) -> Summary:
     energies = [r.energy for r in repeats if r.energy is not None]
     j_per_token = tuple(_known(e.j_per_output_token) for e in energies)
     power = tuple(_known(e.avg_power_w) for e in energies)
+    phases = [e.phases for e in energies if e.phases is not None]
     return Summary(
         ttft_p99_ms=_mean(_known(m.ttft_ms.p99) for m in metrics),
         itl_p99_ms=_mean(_known(m.itl_ms.p99) for m in metrics),
@@ -128,6 +153,14 @@ def summarise(repeats: Sequence[RepeatResult]) -> Summary:
         avg_power_w=_mean(power),
         j_per_output_token_repeats=j_per_token,
         avg_power_w_repeats=power,
+        j_per_total_token=_mean(_known(e.j_per_total_token) for e in energies),
+        j_per_prefill_token=_mean(p.j_per_prefill_token for p in phases),
+        j_per_decode_token=_mean(p.j_per_decode_token for p in phases),
+        prefill_share=_mean(p.prefill_share for p in phases),
+        energy_j=_mean(_known(e.energy_j) for e in energies),
+        energy_above_idle_j=_mean(_known(e.energy_above_idle_j) for e in energies),
+        static_share=_mean(_known(e.static_share) for e in energies),
+        edp_js=_mean(_known(e.edp_js) for e in energies),
     )
 
 
@@ -178,6 +211,29 @@ J_PER_TOKEN = SummaryMetric(
 AVG_POWER = SummaryMetric(
     "avg_power_w", "average power", "W", "avg W", "average-power", True, "avg_power_w_repeats"
 )
+J_PER_TOTAL_TOKEN = SummaryMetric(
+    "j_per_total_token", "energy per total token", "J/token", "J/tot tok", "energy-per-total-token", True
+)
+J_PER_PREFILL_TOKEN = SummaryMetric(
+    "j_per_prefill_token",
+    "energy per prefill token",
+    "J/token",
+    "J/prefill tok",
+    "energy-per-prefill-token",
+    True,
+)
+J_PER_DECODE_TOKEN = SummaryMetric(
+    "j_per_decode_token",
+    "energy per decode token",
+    "J/token",
+    "J/decode tok",
+    "energy-per-decode-token",
+    True,
+)
+ENERGY_ABOVE_IDLE = SummaryMetric(
+    "energy_above_idle_j", "energy above idle", "J", "J above idle", "energy-above-idle", True
+)
+EDP = SummaryMetric("edp_js", "energy-delay product", "J*s", "EDP J*s", "energy-delay-product", True)
 SUMMARY_METRICS = (
     TTFT_P99,
     TBT_P99,
@@ -187,6 +243,11 @@ SUMMARY_METRICS = (
     REQUEST_THROUGHPUT,
     J_PER_TOKEN,
     AVG_POWER,
+    J_PER_TOTAL_TOKEN,
+    J_PER_PREFILL_TOKEN,
+    J_PER_DECODE_TOKEN,
+    ENERGY_ABOVE_IDLE,
+    EDP,
 )
 # The energy gate: each is tested over repeats against the baseline's.
 GATED_METRICS = (J_PER_TOKEN, AVG_POWER)
@@ -268,6 +329,9 @@ class PointRecord:
     repeats: tuple[RepeatResult, ...]
     summary: Summary
     verdicts: Verdicts | None = None  # None: not judged (a record written without them)
+    # The limit the GPUs reported once it was set; None: left alone (or a record written
+    # before the power-limit axis). Units: W.
+    power_limit_w: float | None = None
 
     @classmethod
     def of(cls, result: PointResult, verdicts: Verdicts | None = None) -> PointRecord:
@@ -279,6 +343,7 @@ class PointRecord:
             result.repeats,
             summarise(result.repeats),
             verdicts,
+            result.power_limit_w,
         )
 
     @property
@@ -306,12 +371,14 @@ class PointRecord:
                     "share": _plain(v.goodput.share),
                     "requests_per_s": _plain(v.goodput.requests_per_s),
                     "j_per_good_request": _plain(v.goodput.j_per_good_request),
+                    "good_requests_per_kj": _plain(v.goodput.good_requests_per_kj),
                 },
             }
         return {
             "id": self.id,
             "config": _plain(self.point),
             "locked_clock_mhz": self.locked_clock_mhz,
+            "power_limit_w": self.power_limit_w,
             "repeats": _plain(self.repeats),
             "summary": _plain(self.summary),
             "verdicts": verdicts,
@@ -330,6 +397,7 @@ class PointRecord:
             repeats=_structure(data.get("repeats"), tuple[RepeatResult, ...], "repeats"),
             summary=_structure(data.get("summary"), Summary, "summary"),
             verdicts=_structure(verdicts, Verdicts, "verdicts") if verdicts else None,
+            power_limit_w=_structure(data.get("power_limit_w"), float | None, "power_limit_w"),  # type: ignore[arg-type]
         )
 
 
@@ -383,9 +451,10 @@ class Report:
         and field where it is one point."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise RecordError("not a pytest-greenllm report")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in READABLE_VERSIONS:
+            readable = " and ".join(str(v) for v in READABLE_VERSIONS)
             raise RecordError(
-                f"schema_version {data.get('schema_version')!r}, this pytest-greenllm reads {SCHEMA_VERSION}"
+                f"schema_version {data.get('schema_version')!r}, this pytest-greenllm reads {readable}"
             )
         for key, kind in (("fingerprint", dict), ("points", list), ("device", str)):
             if not isinstance(data.get(key), kind):

@@ -22,6 +22,7 @@ from typing import Any
 from pytest_greenllm.devices.base import Backend
 from pytest_greenllm.hints import ALLOW_MISMATCH, HintedError
 from pytest_greenllm.record import (
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     JsonObject,
     PointRecord,
@@ -73,7 +74,8 @@ def machine_info(backend: Backend) -> dict[str, Any]:
             "index": g.index,
             "name": g.info.name,
             "uuid": g.info.uuid,
-            # Read now, not from the GPU's info: the session may have set its own limit.
+            # Read now, not from the GPU's info: another process may have changed it since;
+            # the points set theirs only later, and each records its own.
             "power_limit_w": g.power_limit_mw() / 1000,
         }
         for g in backend.gpus
@@ -212,7 +214,7 @@ class Journal:
         if (
             not isinstance(header, dict)
             or header.get("schema") != JOURNAL_SCHEMA
-            or header.get("schema_version") != SCHEMA_VERSION
+            or header.get("schema_version") not in READABLE_VERSIONS
         ):
             raise ReportError(f"{self.path}: not a pytest-greenllm journal of schema {SCHEMA_VERSION}")
         check_setup(header.get("fingerprint", {}), self.fingerprint, str(self.path), resuming=True)

@@ -6,7 +6,8 @@ It gets what it needs (settings, driver, meter, the point's sources), never the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -15,7 +16,8 @@ from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.driver import Driver, EngineFailed, EngineSpec
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter, WindowHandle, WindowResult
-from pytest_greenllm.metrics import RunMetrics, energy_between_j, run_metrics
+from pytest_greenllm.metrics import RequestRecord, RunMetrics, energy_between_j, run_metrics
+from pytest_greenllm.phases import CounterLog, counter_energy_j, split_phases
 from pytest_greenllm.record import (
     SUMMARY_METRICS,
     EnergyFigures,
@@ -23,24 +25,48 @@ from pytest_greenllm.record import (
     PointResult,
     RepeatResult,
 )
-from pytest_greenllm.workloads import build_requests, poisson_arrivals, request_count
+from pytest_greenllm.workloads import RequestSpec, build_requests, poisson_arrivals, request_count
+
+# A point's requests run again back to back until the window is long enough, at most this
+# often: a pass of a few milliseconds would otherwise pile up thousands of records.
+MAX_PASSES = 1000
 
 
-def energy_figures(window: WindowResult, metrics: RunMetrics, run_start_s: float) -> EnergyFigures:
-    """Per-token and per-request energy; the steady state from the power timeline."""
+def energy_figures(
+    window: WindowResult, metrics: RunMetrics, run_start_s: float, log: CounterLog | None = None
+) -> EnergyFigures:
+    """Per-token and per-request energy, and the figures other tools report; the steady
+    state and the prefill/decode split from the counter reads of ``log`` where it has
+    them (else the steady state from the power timeline)."""
     steady_j = None
-    if metrics.steady is not None and metrics.steady.output_tokens > 0:
-        offset = run_start_s - window.started_s
-        joules = energy_between_j(
-            window.timeline, offset + metrics.steady.start_s, offset + metrics.steady.end_s
-        )
+    steady_from = None
+    steady = metrics.steady
+    if steady is not None and steady.output_tokens > 0:
+        joules = None
+        if log is not None:
+            joules = counter_energy_j(log.reads, run_start_s + steady.start_s, run_start_s + steady.end_s)
+            steady_from = "counter"
+        if joules is None:
+            offset = run_start_s - window.started_s
+            joules = energy_between_j(window.timeline, offset + steady.start_s, offset + steady.end_s)
+            steady_from = "timeline"
         if joules is not None:
-            steady_j = joules / metrics.steady.output_tokens
+            steady_j = joules / steady.output_tokens
+        else:
+            steady_from = None
+    energy_j = window.energy_j
+    tokens = metrics.prompt_tokens + metrics.output_tokens
+    static_share = None
+    if window.idle_power_w is not None and energy_j > 0:
+        static_share = window.idle_power_w * window.duration_s / energy_j
+    phases = None
+    if log is not None and log.reads:
+        phases = split_phases(log.steps, log.reads, log.reads[0][0])
     return EnergyFigures(
         method=window.method,
-        energy_j=window.energy_j,
-        j_per_output_token=window.energy_j / metrics.output_tokens if metrics.output_tokens else math.nan,
-        j_per_request=window.energy_j / metrics.requests,
+        energy_j=energy_j,
+        j_per_output_token=energy_j / metrics.output_tokens if metrics.output_tokens else math.nan,
+        j_per_request=energy_j / metrics.requests,
         avg_power_w=window.avg_power_w,
         peak_power_w=window.peak_power_w,
         steady_j_per_token=steady_j,
@@ -51,7 +77,41 @@ def energy_figures(window: WindowResult, metrics: RunMetrics, run_start_s: float
         clock_strayed=any(d.clock_strayed for d in window.devices),
         short_window=window.short,
         warnings=window.warnings,
+        timeline_power=window.power_kind,
+        steady_from=steady_from,
+        j_per_total_token=energy_j / tokens if tokens else None,
+        static_share=static_share,
+        edp_js=energy_j * window.duration_s,
+        event_reasons=tuple((d.label, d.event_reasons) for d in window.devices),
+        phases=phases,
     )
+
+
+def run_passes(
+    driver: Driver,
+    spec: EngineSpec,
+    requests: Sequence[RequestSpec],
+    arrivals_s: Sequence[float],
+    tag: str,
+    log: CounterLog | None,
+    min_window_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[list[RequestRecord]]:
+    """Run the requests, and again back to back, until ``min_window_s`` has passed: the
+    energy counter updates every 20-100 ms, so a short window cannot be measured well
+    (MLPerf Power sets minimum run lengths for the same reason). One list per pass."""
+    started = clock()
+    passes: list[list[RequestRecord]] = []
+    while True:
+        if log is not None:
+            log.start()
+        pass_tag = f"{tag}-p{len(passes)}" if passes else tag
+        records = driver.run(spec, requests, arrivals_s, pass_tag, observer=log)
+        if any(r.output_tokens != spec_r.output_tokens for r, spec_r in zip(records, requests)):
+            raise EngineFailed("the engine returned other output lengths than forced")
+        passes.append(records)
+        if clock() - started >= min_window_s or len(passes) >= MAX_PASSES:
+            return passes
 
 
 def measure_point(
@@ -65,7 +125,8 @@ def measure_point(
     sources_note: str | None = None,
 ) -> PointResult:
     """Warm up, then run the point's workload ``repeats`` times, each inside an energy window
-    over ``sources`` (every source of ``meter`` if None); no window without a meter.
+    over ``sources`` (every source of ``meter`` if None); no window without a meter. A window
+    shorter than the meter's minimum runs the requests again until it is long enough.
     ``sources_note`` says why the sources are more than the point's own, into each repeat's
     energy warnings."""
     driver.warm_up(spec, f"{point.id}-warm")
@@ -81,18 +142,24 @@ def measure_point(
     for index in range(settings.repeats):
         if meter is not None and settings.cooldown_s > 0:
             meter.cool_down(settings.cooldown_s)
+        log = None
+        min_window_s = 0.0
+        if meter is not None:
+            log = CounterLog(list(meter.sources if sources is None else sources), meter.clock)
+            min_window_s = meter.min_window_s
         window = meter.window(locked_clock_mhz, sources) if meter is not None else nullcontext(WindowHandle())
         with window as handle:
-            records = driver.run(spec, requests, arrivals, f"{point.id}-r{index}")
+            passes = run_passes(driver, spec, requests, arrivals, f"{point.id}-r{index}", log, min_window_s)
+        records = [r for records in passes for r in records]
+        # Over every pass: the steady state is the first pass's, as the later ones start
+        # only after it has drained.
         metrics = run_metrics(records, point.batch)
-        if any(r.output_tokens != spec_r.output_tokens for r, spec_r in zip(records, requests)):
-            raise EngineFailed("the engine returned other output lengths than forced")
         energy = None
         if handle.result is not None:
-            energy = energy_figures(handle.result, metrics, min(r.send_s for r in records))
+            energy = energy_figures(handle.result, metrics, min(r.send_s for r in records), log)
             if sources_note is not None:
                 energy = replace(energy, warnings=(*energy.warnings, sources_note))
-        repeats.append(RepeatResult(metrics, energy))
+        repeats.append(RepeatResult(metrics, energy, len(passes)))
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 
@@ -102,6 +169,7 @@ def result_properties(record: PointRecord) -> list[tuple[str, object]]:
     properties: list[tuple[str, object]] = [
         ("greenllm_point", record.id),
         ("greenllm_clock_mhz", record.locked_clock_mhz),
+        ("greenllm_power_limit_w", record.power_limit_w),
         ("greenllm_repeats", len(record.repeats)),
     ]
     for metric in SUMMARY_METRICS:
@@ -111,6 +179,7 @@ def result_properties(record: PointRecord) -> list[tuple[str, object]]:
     energy = record.repeats[-1].energy
     if energy is not None:
         properties.append(("greenllm_meter_method", energy.method))
+        properties.append(("greenllm_passes", record.repeats[-1].passes))
     properties.append(("greenllm_slo_met", record.slo_met))
     if record.verdicts is not None:
         properties.append(("greenllm_goodput_share", round(record.verdicts.goodput.share, 4)))

@@ -2,9 +2,9 @@
 
 ``prepare_sweep`` opens the device, builds the knob matrix and prepares the reports; the
 plugin calls it from ``pytest_configure`` and ``greenllm knobs`` calls its first two steps.
-A :class:`Sweep` then holds what every point shares: the device, the meter, the clock
-policy. Errors are :class:`SetupError` or :class:`PointSkipped`, whose hints each front end
-renders with its own flag names.
+A :class:`Sweep` then holds what every point shares: the device, the meter, the clock and
+power limit a point sets. Errors are :class:`SetupError` or :class:`PointSkipped`, whose
+hints each front end renders with its own flag names.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_
 MakeBackend = Callable[[Settings], Backend]
 SET_SLO = Hint("slo", template="; set {flag} to check yours")
 LEAVE_CLOCKS_ALONE = Hint("freqs", "default", "; pass {flag}")
-LEAVE_POWER_LIMIT = Hint("power-limit", "default", ", or pass {flag} to leave the power limit alone")
+LEAVE_POWER_LIMIT = Hint("power-limits", "default", "; pass {flag} to leave the power limit alone")
 
 
 class SetupError(HintedError):
@@ -42,24 +42,11 @@ class PointSkipped(HintedError):
 
 
 def open_device(settings: Settings, make_backend: MakeBackend) -> Backend:
-    """Open the settings' device and set the session's power limit."""
+    """Open the settings' device."""
     try:
-        backend = make_backend(settings)
+        return make_backend(settings)
     except DeviceError as e:
         raise SetupError(e.message, e.hint, subject=Hint("device", settings.device)) from None
-    if settings.power_limit_mw is not None:
-        guard = backend.guard
-        if guard is None:
-            backend.close()
-            raise SetupError(f"the power limit needs a GPU device; device={backend.kind} has none")
-        try:
-            guard.install()
-            guard.set_power_limit(backend.gpus, settings.power_limit_mw)
-        except DeviceError as e:
-            backend.close()
-            hint = LEAVE_POWER_LIMIT if isinstance(e, NoPermission) else e.hint
-            raise SetupError(f"setting the power limit: {e.message}", hint) from None
-    return backend
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -106,6 +93,7 @@ def build_matrix(
         batches=settings.batches,
         workloads=settings.workloads,
         freqs=settings.freqs,
+        power_limits_w=settings.power_limits_w,
         caps=caps,
         extra_problems=extra_problems,
     )
@@ -206,12 +194,15 @@ class Sweep:
             f"measured all of them ({labels})"
         )
 
+    def _measure_idle_first(self) -> None:
+        # Idle power is measured once, before the session changes any clock or power limit.
+        if self.backend.sources:
+            self.meter()
+
     def lock_clocks(self, mhz: int | None, tp: int | None = None) -> int | None:
         """Lock the first ``tp`` GPUs (None: all) at ``mhz`` for one point; returns the
         clock locked (None: left alone). PointSkipped where the clocks cannot be locked."""
-        if self.backend.sources:
-            # Idle power is measured once, before any clock of the session is locked.
-            self.meter()
+        self._measure_idle_first()
         if mhz is None:
             return None
         guard = self.backend.guard
@@ -221,14 +212,36 @@ class Sweep:
         try:
             locked, _ = guard.lock_clocks(self.backend.gpus[:tp], mhz)
         except (NoPermission, NotSupported) as e:
-            self.restore_clocks()  # the GPUs locked before the one that refused
+            self.restore()  # the GPUs locked before the one that refused
             raise PointSkipped(f"clocks not locked: {e.message}", e.hint) from None
         return locked
 
-    def restore_clocks(self) -> None:
-        """Put the clocks back after a point; the power limit stays for the session."""
+    def set_power_limit(self, watts: int | None, tp: int | None = None) -> float | None:
+        """Set the power limit of the first ``tp`` GPUs (None: all) to ``watts`` for one
+        point; returns the lowest limit they report after (None: left alone), which the
+        driver may have rounded. PointSkipped where the limit cannot be set. Units: W."""
+        self._measure_idle_first()
+        if watts is None:
+            return None
+        guard, gpus = self.backend.guard, self.backend.gpus[:tp]
+        if guard is None or not gpus:
+            raise PointSkipped(f"device={self.backend.kind} cannot set power limits", LEAVE_POWER_LIMIT)
+        guard.install()
+        try:
+            guard.set_power_limit(gpus, watts * 1000)
+            # With tensor parallelism the most limited GPU paces the others.
+            return min(gpu.power_limit_mw() for gpu in gpus) / 1000
+        except (NoPermission, NotSupported) as e:
+            self.restore()  # the GPUs limited before the one that refused
+            raise PointSkipped(f"power limit not set: {e.message}", LEAVE_POWER_LIMIT) from None
+        except DeviceError:
+            self.restore()  # the point fails here, before its fixture could put them back
+            raise
+
+    def restore(self) -> None:
+        """Put back the clocks and power limits a point changed."""
         if self.backend.guard is not None:
-            self.backend.guard.restore(clocks_only=True)
+            self.backend.guard.restore()
 
     def cool_down(self) -> None:
         """Wait (up to the cool-down setting) for the GPUs to cool before a point."""

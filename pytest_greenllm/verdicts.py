@@ -145,6 +145,7 @@ class Goodput:
     requests: int
     requests_per_s: float  # good requests per second. Units: 1/s.
     j_per_good_request: float | None  # Units: J.
+    good_requests_per_kj: float | None = None  # goodput per energy. Units: 1/kJ.
 
     @property
     def share(self) -> float:
@@ -169,7 +170,8 @@ def goodput(
         good += ok
     per_s = good / duration_s if duration_s > 0 else math.nan
     per_good = energy_j / good if energy_j is not None and good else None
-    return Goodput(good, len(ttft_ms), per_s, per_good)
+    per_kj = good / (energy_j / 1000) if energy_j else None
+    return Goodput(good, len(ttft_ms), per_s, per_good, per_kj)
 
 
 @dataclass(frozen=True)

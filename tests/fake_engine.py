@@ -1,8 +1,9 @@
 """A stand-in for ``vllm.LLM`` for plugin-level tests: a real engine takes ~45 s to build.
 
 It speaks the part of vLLM's engine API that ``pytest_greenllm.engine.run_requests`` drives
-(``llm_engine.add_request``, ``step``, ``has_unfinished_requests``, DELTA outputs) and the
-part ``shutdown_llm`` calls (``llm_engine.engine_core.shutdown``). Every running request
+(``llm_engine.add_request``, ``step``, ``has_unfinished_requests``, DELTA outputs, the step
+details each step's outputs carry through ``engine_core.get_output``) and the part
+``shutdown_llm`` calls (``llm_engine.engine_core.shutdown``). Every running request
 gets one new token per step; at most ``max_num_seqs`` run at once, the rest wait in order.
 
 Runs of pytest made by the tests load it through :func:`conftest_source`, which puts this
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,37 @@ class _Request:
     generated: int = 0
 
 
+@dataclass(frozen=True)
+class IterationDetails:
+    """What vLLM's engine core reports of a step (``SchedulerIterationDetails``)."""
+
+    num_ctx_tokens: int
+    num_generation_tokens: int
+    is_dummy: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    iteration_details: IterationDetails
+
+
+@dataclass(frozen=True)
+class EngineCoreOutputs:
+    outputs: list[RequestOutput]
+    scheduler_stats: SchedulerStats
+
+
 @dataclass
 class FakeEngineCore:
+    """The engine's client: ``step`` gets each step's outputs through ``get_output``, as
+    vLLM's ``LLMEngine.step`` does, so the plugin's reading of step details is exercised."""
+
+    produce: Callable[[], EngineCoreOutputs] | None = None
     shutdowns: int = 0
+
+    def get_output(self) -> EngineCoreOutputs:
+        assert self.produce is not None
+        return self.produce()
 
     def shutdown(self) -> None:
         self.shutdowns += 1
@@ -72,23 +102,36 @@ class FakeEngine:
             raise ValueError(f"{request_id}: empty prompt or max_tokens < 1")
         self._waiting.append(_Request(request_id, len(ids), params.max_tokens))
 
+    def __post_init__(self) -> None:
+        self.engine_core.produce = self._core_step
+
     def has_unfinished_requests(self) -> bool:
         return bool(self._waiting or self._running)
 
     def step(self) -> list[RequestOutput]:
+        return self.engine_core.get_output().outputs
+
+    def _core_step(self) -> EngineCoreOutputs:
         while self._waiting and len(self._running) < self.max_num_seqs:
             self._running.append(self._waiting.popleft())
         time.sleep(self.step_s)
         self.steps += 1
         outputs = []
+        prefill = decode = 0
         for request in self._running:
+            # A request's first step computes its whole prompt (no chunking) and samples its
+            # first token; every later step decodes one token.
+            if request.generated == 0:
+                prefill += request.prompt_len
+            else:
+                decode += 1
             # Token ids only need to be countable; make them distinct per position anyway.
             token = request.prompt_len + request.generated
             request.generated += 1
             finished = request.generated >= request.max_tokens
             outputs.append(RequestOutput(request.request_id, [CompletionOutput([token])], finished))
         self._running = [r for r in self._running if r.generated < r.max_tokens]
-        return outputs
+        return EngineCoreOutputs(outputs, SchedulerStats(IterationDetails(prefill, decode)))
 
 
 @dataclass

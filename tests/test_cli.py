@@ -38,10 +38,34 @@ def test_knobs_prints_the_matrix_as_a_table(
         "tok",
         "tp",
         "batch",
+        "power",
+        "limit",
         "clock",
     ]
-    assert out[3].split() == ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "1410MHz"]
-    assert out[-1].split() == ["L-tp2-b8-1410MHz", "2", "L", "4096", "512", "2", "8", "1410MHz"]
+    assert out[3].split() == ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "default", "1410MHz"]
+    assert out[-1].split() == ["L-tp2-b8-1410MHz", "2", "L", "4096", "512", "2", "8", "default", "1410MHz"]
+
+
+def test_knobs_shows_the_power_limit_axis_and_sets_no_limit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
+    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
+    argv = ["knobs", "--device", "fake", "--tp", "1", "--batch", "8", "--freqs", "1410", "--workloads", "S"]
+    assert main([*argv, "--power-limits", "300,900,default"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "greenllm: 2 points, 1 engine build, device=fake (NVIDIA H100 80GB HBM3)"
+    assert out[1] == (
+        "greenllm: removed 1 point: 900 W is outside the 200-700 W power limits the "
+        "NVIDIA H100 80GB HBM3 accepts"
+    )
+    assert [line.split() for line in out[-2:]] == [
+        ["S-tp1-b8-1410MHz-pl300W", "1", "S", "128", "64", "1", "8", "300W", "1410MHz"],
+        ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "default", "1410MHz"],
+    ]
+    # The matrix needs the device's range only: no GPU was changed.
+    assert not (tmp_path / "driver.json").exists() and not (tmp_path / "guard.json").exists()
 
 
 def test_knobs_reads_the_same_ini_as_pytest(

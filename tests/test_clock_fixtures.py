@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from fake_engine import sweep_knobs
 
-from pytest_greenllm.devices.fake_nvml import POWER_LIMIT_RANGE_MW
-
 KNOBS = sweep_knobs(0.5, 1, "S")
 
 # The test files read the fake driver's state through this, from inside the run.
@@ -50,9 +48,6 @@ class Clocks:
 
     def locks(self) -> list[list[int] | None]:
         return [gpu["locked_mhz"] for gpu in self.driver().values()]
-
-    def limits_mw(self) -> list[int]:
-        return [gpu["power_limit_mw"] for gpu in self.driver().values()]
 
     def assert_all_reset(self) -> None:
         assert self.locks() in ([], [None, None])
@@ -208,44 +203,3 @@ def test_energy_meter_skips_without_a_meter_and_says_how_to_get_one(
             "install the NVIDIA driver and nvidia-ml-py for GPUs, or make RAPL readable *"
         ]
     )
-
-
-POWER_LIMIT_TEST = """
-from fake_helper import fake_state
-
-def test_limited():
-    assert [gpu["power_limit_mw"] for gpu in fake_state().values()] == [400_000] * 2
-"""
-
-
-def test_power_limit_holds_for_the_session_and_is_put_back(pytester: pytest.Pytester, clocks: Clocks) -> None:
-    pytester.makepyfile(POWER_LIMIT_TEST)
-    pytester.runpytest(*KNOBS, "--greenllm-power-limit=400").assert_outcomes(passed=1)
-    assert clocks.limits_mw() == [POWER_LIMIT_RANGE_MW[1]] * 2
-    assert not clocks.guard_state.exists()
-
-
-def test_power_limit_outlives_a_locked_point(pytester: pytest.Pytester, clocks: Clocks) -> None:
-    pytester.makepyfile(
-        """
-        def test_point(greenllm_point, locked_clocks):
-            assert locked_clocks == 1410
-        """
-        + POWER_LIMIT_TEST
-    )
-    result = pytester.runpytest(*KNOBS, "--greenllm-power-limit=400", "-v")
-    result.stdout.fnmatch_lines(["*::test_point* PASSED*", "*::test_limited PASSED*"])
-
-
-@pytest.mark.parametrize("watts", ["900", "150"])
-def test_power_limit_out_of_range_is_a_one_line_usage_error(
-    pytester: pytest.Pytester, clocks: Clocks, watts: str
-) -> None:
-    pytester.makepyfile(POWER_LIMIT_TEST)
-    result = pytester.runpytest(*KNOBS, f"--greenllm-power-limit={watts}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert [line for line in result.errlines if line.strip()] == [
-        f"ERROR: setting the power limit: GPU 0: a power limit of {watts} W is outside its 200-700 W range"
-    ]
-    assert clocks.limits_mw() in ([], [POWER_LIMIT_RANGE_MW[1]] * 2)
-    assert not clocks.guard_state.exists()

@@ -109,7 +109,7 @@ def _rename_points(report: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (_set("schema_version", 2), "schema_version 2, this pytest-greenllm reads 1"),
+        (_set("schema_version", 3), "schema_version 3, this pytest-greenllm reads 1 and 2"),
         (_rename_points, "share no knob point"),
         (_fingerprint("device", "nvml"), "device: 'fake' -> 'nvml'"),
         (
@@ -117,7 +117,7 @@ def _rename_points(report: dict[str, Any]) -> None:
             "gpu_model: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA A100",
         ),
     ],
-    ids=["schema-2", "disjoint", "device", "gpu-model"],
+    ids=["schema-3", "disjoint", "device", "gpu-model"],
 )
 def test_bad_input_exits_2_with_one_line(
     tmp_path: Path, capsys: Capsys, edit: Callable[[dict[str, Any]], None], reason: str

@@ -16,6 +16,7 @@ from pytest_greenllm.config import (
     parse_json_path,
     parse_model,
     parse_positive_ints,
+    parse_power_limits,
     parse_requests,
     parse_seed,
     parse_workloads,
@@ -147,3 +148,105 @@ def test_error_names_its_source() -> None:
     with pytest.raises(pytest.UsageError) as info:
         Settings.from_sources(True, {}, {"greenllm_batch": "0"}, "--greenllm-")
     assert str(info.value).startswith("ini greenllm_batch = 0: batch sizes must be")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("300", (300,)),
+        ("300, 500,300", (300, 500)),
+        ("default", (None,)),
+        ("Default,450", (None, 450)),
+        ("10000", (10_000,)),
+    ],
+)
+def test_parse_power_limits_accepts(text: str, expected: tuple[int | None, ...]) -> None:
+    assert parse_power_limits(raw("power-limits", text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "item"),
+    [
+        ("0", "'0'"),
+        ("-300", "'-300'"),
+        ("300.5", "'300.5'"),
+        ("300W", "'300W'"),
+        ("300,,500", "''"),
+        ("", "''"),
+        ("300000", "'300000'"),
+        ("\u00b3", "'\u00b3'"),
+    ],
+    ids=["zero", "negative", "fraction", "unit", "empty-item", "empty", "milliwatts", "superscript"],
+)
+def test_parse_power_limits_rejects(text: str, item: str) -> None:
+    with pytest.raises(pytest.UsageError) as info:
+        parse_power_limits(raw("power-limits", text))
+    assert str(info.value) == (
+        f"--greenllm-power-limits={text}: {item} is not a power limit; give whole watts such as "
+        "300,500 (at most 10000), or 'default' to leave the limit alone"
+    )
+
+
+def power_limits_of(cli: dict[str, str], ini: dict[str, str] | None = None) -> tuple[int | None, ...]:
+    return Settings.from_sources(True, cli, ini or {}, "--greenllm-").power_limits_w
+
+
+def test_power_limit_is_the_one_value_case_of_the_axis() -> None:
+    assert power_limits_of({}) == (None,)
+    single = power_limits_of({"greenllm_power_limit": "300"})
+    assert single == power_limits_of({"greenllm_power_limits": "300"}) == (300,)
+    assert power_limits_of({}, {"greenllm_power_limit": "250"}) == (250,)
+    # Left at default, it stands beside the axis.
+    assert power_limits_of({"greenllm_power_limit": "default", "greenllm_power_limits": "300,500"}) == (
+        300,
+        500,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cli", "ini", "sources"),
+    [
+        (
+            {"greenllm_power_limit": "300", "greenllm_power_limits": "300,500"},
+            {},
+            "--greenllm-power-limit=300 and --greenllm-power-limits=300,500",
+        ),
+        (
+            {"greenllm_power_limits": "default"},
+            {"greenllm_power_limit": "300"},
+            "ini greenllm_power_limit = 300 and --greenllm-power-limits=default",
+        ),
+    ],
+    ids=["both-flags", "ini-and-flag"],
+)
+def test_power_limit_and_power_limits_together_is_a_usage_error(
+    cli: dict[str, str], ini: dict[str, str], sources: str
+) -> None:
+    with pytest.raises(pytest.UsageError) as info:
+        power_limits_of(cli, ini)
+    assert str(info.value) == (
+        f"{sources} both set the power limit: give --greenllm-power-limits alone "
+        "(--greenllm-power-limit=W is --greenllm-power-limits=W)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("300,500", "give one power limit here; sweep several with --greenllm-power-limits"),
+        ("0", "'0' is not a power limit; give whole watts"),
+    ],
+)
+def test_power_limit_takes_one_value(text: str, message: str) -> None:
+    with pytest.raises(pytest.UsageError, match=f"^--greenllm-power-limit={text}: ") as info:
+        power_limits_of({"greenllm_power_limit": text})
+    assert message in str(info.value)
+
+
+def test_the_greenllm_command_names_its_own_flags() -> None:
+    with pytest.raises(pytest.UsageError) as info:
+        Settings.from_sources(True, {"greenllm_power_limit": "300", "greenllm_power_limits": "400"}, {}, "--")
+    assert str(info.value) == (
+        "--power-limit=300 and --power-limits=400 both set the power limit: give --power-limits "
+        "alone (--power-limit=W is --power-limits=W)"
+    )

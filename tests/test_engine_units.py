@@ -240,7 +240,7 @@ def test_memory_check_returned(first: bool, before: int, live: int, after: int, 
 
 def device(label: str, joules: float, method: str, clock: float | None, strayed: bool) -> DeviceWindow:
     return DeviceWindow(
-        label, joules, method, None, None, 100.0, 150.0, 20, 0, clock, None, None, (), strayed
+        label, joules, method, None, None, 100.0, 150.0, 20, 0, clock, None, None, (), strayed, "instant"
     )
 
 
@@ -276,6 +276,11 @@ def test_energy_figures() -> None:
     assert e.per_device_j == (("gpu0", 180.0), ("gpu1", 120.0))
     assert e.sm_clock_mhz == (("gpu0", 1410.0), ("gpu1", None))
     assert e.clock_strayed and e.imbalance == 0.4 and not e.short_window and e.warnings == ("w",)
+    # Without counter reads (no log): the steady state from the timeline, no phase split.
+    assert (e.steady_from, e.phases, e.timeline_power) == ("timeline", None, "instant")
+    assert e.j_per_total_token == pytest.approx(300 / 41)
+    # 60 W idle over the 2 s window is 120 J of the 300 J.
+    assert e.static_share == pytest.approx(0.4) and e.edp_js == 600.0
 
 
 def test_energy_figures_without_a_measurable_steady_state() -> None:
@@ -307,6 +312,7 @@ def test_result_properties() -> None:
     assert props == {
         "greenllm_point": "S-tp1-b1-1410MHz",
         "greenllm_clock_mhz": 1410,
+        "greenllm_power_limit_w": None,
         "greenllm_repeats": 2,
         "greenllm_ttft_p99_ms": pytest.approx((100 + 247) / 2),
         "greenllm_itl_p99_ms": pytest.approx((99.5 + 198) / 2),
@@ -316,7 +322,12 @@ def test_result_properties() -> None:
         "greenllm_request_throughput": pytest.approx((1 / 0.25 + 3 / 0.4) / 2),
         "greenllm_j_per_output_token": 50.0,
         "greenllm_avg_power_w": 150.0,
+        # 300 J over 35 prompt and 6 output tokens; a 2 s window.
+        "greenllm_j_per_total_token": pytest.approx(300 / 41),
+        "greenllm_energy_above_idle_j": 180.0,
+        "greenllm_edp_js": 600.0,
         "greenllm_meter_method": "mixed",
+        "greenllm_passes": 1,
         "greenllm_slo_met": False,
         "greenllm_goodput_share": 0.6667,
         "greenllm_energy_regressed": True,
@@ -330,6 +341,7 @@ def test_result_properties() -> None:
         for name in (
             "point",
             "clock_mhz",
+            "power_limit_w",
             "repeats",
             "ttft_p99_ms",
             "itl_p99_ms",

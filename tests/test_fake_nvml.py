@@ -6,6 +6,7 @@ import functools
 import inspect
 import itertools
 import math
+import random
 import re
 import statistics
 import sys
@@ -20,10 +21,14 @@ import pynvml
 import pytest
 
 from pytest_greenllm.devices import nvml
-from pytest_greenllm.devices.fake_nvml import FakeNvml
+from pytest_greenllm.devices.backend import FAKE_COUNTER_PERIOD_ENV, fake_nvml_from_env
+from pytest_greenllm.devices.errors import DeviceUnavailable
+from pytest_greenllm.devices.fake_nvml import AVERAGING_WINDOW_S, FakeNvml
 
 NVML_FUNCTIONS = sorted(name for name in dir(FakeNvml) if name.startswith("nvml"))
 P_HALF_MW = 385_000  # 70 W idle + 630 W * 0.5 load at 1980 MHz
+IDLE_MW = 70_000
+FULL_MW = 700_000  # full load at 1980 MHz, the default power limit
 
 
 @dataclass
@@ -169,7 +174,9 @@ def test_units_types_and_clock_lists_are_nvmls() -> None:
 
 
 # --- the model ---------------------------------------------------------------------------
-def state(fake: FakeNvml, handle: Any) -> tuple[int, int, int]:
+def state(fake: FakeNvml, handle: Any, clock: Clock) -> tuple[int, int, int]:
+    # Past one averaging window, GetPowerUsage shows the settled power.
+    clock.advance(AVERAGING_WINDOW_S)
     return (
         fake.nvmlDeviceGetPowerUsage(handle),
         fake.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
@@ -178,27 +185,29 @@ def state(fake: FakeNvml, handle: Any) -> tuple[int, int, int]:
 
 
 def test_power_rises_with_load_and_falls_with_a_locked_lower_clock() -> None:
-    fake, handle = opened()
+    clock = Clock()
+    fake, handle = opened(clock)
     powers = []
     for load in (0.0, 0.25, 0.5, 1.0):
         fake.set_load(load)
-        powers.append(state(fake, handle)[0])
-    assert powers == sorted(set(powers)) and powers[-1] == 700_000
+        powers.append(state(fake, handle, clock)[0])
+    assert powers == sorted(set(powers)) and powers[-1] == pytest.approx(FULL_MW, abs=1)
     fake.nvmlDeviceSetGpuLockedClocks(handle, 1410, 1410)
-    power, mhz, reasons = state(fake, handle)
+    power, mhz, reasons = state(fake, handle, clock)
     assert mhz == 1410 and power < 700_000 and reasons == 0
 
 
 def test_idle_sets_gpu_idle_and_a_low_power_limit_caps_the_clock() -> None:
-    fake, handle = opened()
-    assert state(fake, handle) == (70_000, 345, 0x1)
+    clock = Clock()
+    fake, handle = opened(clock)
+    assert state(fake, handle, clock) == (70_000, 345, 0x1)
     fake.set_load(1.0)
     fake.nvmlDeviceSetPowerManagementLimit(handle, 400_000)
-    power, mhz, reasons = state(fake, handle)
-    assert power <= 400_000 and mhz < 1980 and reasons & 0x4
+    power, mhz, reasons = state(fake, handle, clock)
+    assert power <= 400_001 and mhz < 1980 and reasons & 0x4
     # A limit above the demand leaves the clock alone.
     fake.set_load(0.25)
-    assert state(fake, handle)[1:] == (1980, 0)
+    assert state(fake, handle, clock)[1:] == (1980, 0)
 
 
 def test_energy_is_power_times_time() -> None:
@@ -256,6 +265,148 @@ def test_temperature_rises_under_load_and_relaxes_toward_idle() -> None:
     assert temperature() == round(32.0 + (hot - 32.0) * math.exp(-3.0))
     clock.advance(600.0)
     assert temperature() == 32
+
+
+# --- Hopper's power readings: a trailing average, an instant field, a slow counter -------
+def field_mw(fake: FakeNvml, handle: Any, field_id: int) -> int:
+    (entry,) = fake.nvmlDeviceGetFieldValues(handle, [field_id])
+    assert entry.nvmlReturn == pynvml.NVML_SUCCESS
+    return int(entry.value.uiVal)
+
+
+def readings_mw(fake: FakeNvml, handle: Any) -> tuple[int, int, int]:
+    """GetPowerUsage, the average field and the instant field, at one instant."""
+    return (
+        fake.nvmlDeviceGetPowerUsage(handle),
+        field_mw(fake, handle, pynvml.NVML_FI_DEV_POWER_AVERAGE),
+        field_mw(fake, handle, pynvml.NVML_FI_DEV_POWER_INSTANT),
+    )
+
+
+def test_a_load_step_shows_at_once_in_the_instant_field_and_over_a_second_in_the_average() -> None:
+    clock = Clock()
+    fake, handle = opened(clock)
+    clock.advance(5.0)
+    fake.set_load(1.0)
+    assert readings_mw(fake, handle) == (IDLE_MW, IDLE_MW, FULL_MW)
+    clock.advance(0.5)  # half the window at idle, half at full load
+    assert readings_mw(fake, handle) == pytest.approx((P_HALF_MW, P_HALF_MW, FULL_MW), abs=1)
+    clock.advance(0.5)
+    assert readings_mw(fake, handle) == pytest.approx((FULL_MW, FULL_MW, FULL_MW), abs=1)
+    clock.advance(2.0)
+    assert readings_mw(fake, handle) == pytest.approx((FULL_MW, FULL_MW, FULL_MW), abs=1)
+
+
+def test_the_first_second_averages_in_the_settled_power_before_init() -> None:
+    clock = Clock()
+    fake, handle = opened(clock)
+    fake.set_load(1.0)
+    clock.advance(0.25)
+    assert fake.nvmlDeviceGetPowerUsage(handle) == pytest.approx(0.75 * IDLE_MW + 0.25 * FULL_MW, abs=1)
+
+
+def test_the_average_is_the_true_energy_of_the_last_second_whatever_the_load_did() -> None:
+    clock = Clock()
+    rng = random.Random(3)
+    # Bursts of random load between idle steps, one step per 10 ms.
+    loads = [rng.random() if rng.random() < 0.3 else 0.0 for _ in range(600)]
+    step = [0]
+    fake, handle = opened(clock, load=lambda index: loads[step[0]])
+    energy_mj: list[float] = []
+    for k in range(600):
+        step[0] = k
+        clock.t = 1000.02 + 0.01 * k
+        energy_mj.append(fake.true_energy_mj(0))
+        reading_mw = fake.nvmlDeviceGetPowerUsage(handle)
+        if k >= 100:
+            # The energy of the last second, in mJ, is its average power in mW.
+            assert reading_mw == pytest.approx(energy_mj[k] - energy_mj[k - 100], abs=1)
+
+
+def test_each_field_has_its_own_return_code_and_instant_power_can_be_missing() -> None:
+    fake, handle = opened(instant_power=False)
+    fields = [
+        pynvml.NVML_FI_DEV_POWER_INSTANT,
+        pynvml.NVML_FI_DEV_POWER_AVERAGE,
+        pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
+    ]
+    instant, average, unknown = fake.nvmlDeviceGetFieldValues(handle, fields)
+    assert instant.nvmlReturn == unknown.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert average.nvmlReturn == pynvml.NVML_SUCCESS and average.value.uiVal == IDLE_MW
+
+
+@pytest.mark.parametrize("period_s", [0.1, 0.02])
+def test_counter_steps_every_period_to_the_true_energy_at_that_instant(period_s: float) -> None:
+    clock = Clock(1000.0 + 0.3 * period_s)  # between two updates
+    fake, handle = opened(clock, counter_period_s=period_s)
+    counter = functools.partial(fake.nvmlDeviceGetTotalEnergyConsumption, handle)
+    fake.set_load(1.0)
+    clock.advance(period_s)  # from here on, the last update fell under full load
+    readings: list[int] = []
+    updates: set[int] = set()
+    for _ in range(300):
+        # Sevenths of a period never land on an update, where float rounding would decide.
+        clock.advance(period_s / 7)
+        update = math.floor(clock.t / period_s)
+        at_update_mj = fake.true_energy_mj(0) - FULL_MW * (clock.t - update * period_s)
+        readings.append(counter())
+        assert readings[-1] == pytest.approx(at_update_mj, abs=1)
+        updates.add(update)
+    steps = [b - a for a, b in itertools.pairwise(readings) if b != a]
+    assert len(steps) == len(updates) - 1
+    assert steps == pytest.approx([FULL_MW * period_s] * len(steps), abs=1)
+
+
+@pytest.mark.parametrize("period_s", [0.1, 0.02])
+def test_integrating_the_average_misses_a_step_that_the_counter_catches(period_s: float) -> None:
+    clock = Clock()
+    fake, handle = opened(clock, counter_period_s=period_s)
+    counter = functools.partial(fake.nvmlDeviceGetTotalEnergyConsumption, handle)
+    clock.advance(5.0)
+    fake.set_load(1.0)  # the window starts at the step
+    true0_mj, counter0_mj = fake.true_energy_mj(0), counter()
+    integral_mj = 0.0
+    for _ in range(300):  # a sampler's 10 ms reads over 3 s
+        reading_mw = fake.nvmlDeviceGetPowerUsage(handle)
+        clock.advance(0.01)
+        integral_mj += reading_mw * 0.01
+    true_mj, counted_mj = fake.true_energy_mj(0) - true0_mj, counter() - counter0_mj
+    assert true_mj == pytest.approx(FULL_MW * 3.0)
+    # The average lags the step by half a window: about 0.5 s x the step short.
+    lag_mj = 0.5 * AVERAGING_WINDOW_S * (FULL_MW - IDLE_MW)
+    assert true_mj - integral_mj == pytest.approx(lag_mj, rel=0.05)
+    # Each read lags by at most one update: off by one period's energy at most.
+    assert abs(counted_mj - true_mj) <= period_s * FULL_MW + 1 < lag_mj / 4
+
+
+@pytest.fixture
+def fake_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The fake device's environment with none of its test switches set."""
+    for name in (
+        "GREENLLM_FAKE_GPUS",
+        "GREENLLM_FAKE_STATE",
+        "GREENLLM_FAKE_POWER_SCALE",
+        "GREENLLM_FAKE_LOAD",
+        "GREENLLM_FAKE_FAIL",
+        FAKE_COUNTER_PERIOD_ENV,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_counter_period_comes_from_the_environment(fake_env: pytest.MonkeyPatch) -> None:
+    assert fake_nvml_from_env().counter_period_s == 0.1
+    fake_env.setenv(FAKE_COUNTER_PERIOD_ENV, "0.02")
+    assert fake_nvml_from_env().counter_period_s == 0.02
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-0.1", "inf"])
+def test_a_bad_counter_period_is_refused_naming_the_variable(
+    fake_env: pytest.MonkeyPatch, value: str
+) -> None:
+    fake_env.setenv(FAKE_COUNTER_PERIOD_ENV, value)
+    with pytest.raises(DeviceUnavailable, match=re.escape(f"${FAKE_COUNTER_PERIOD_ENV}={value!r} must be")):
+        fake_nvml_from_env()
 
 
 # --- noise -------------------------------------------------------------------------------

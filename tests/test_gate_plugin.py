@@ -40,7 +40,7 @@ def test_sweep_writes_json_junit_and_summary(sweep: pytest.Pytester) -> None:
     report = load(sweep.path / "out" / "report.json")
     assert (report["schema"], report["schema_version"], report["device"]) == (
         "pytest-greenllm report",
-        1,
+        2,
         "fake",
     )
     assert [p["id"] for p in report["points"]] == list(POINTS)
@@ -158,8 +158,8 @@ def single_error_line(result: pytest.RunResult) -> str:
         ("{not json", "base.json: not JSON"),
         ('{"points": []}', "base.json: not a pytest-greenllm report"),
         (
-            '{"schema": "pytest-greenllm report", "schema_version": 2, "points": []}',
-            "base.json: schema_version 2, this pytest-greenllm reads 1",
+            '{"schema": "pytest-greenllm report", "schema_version": 3, "points": []}',
+            "base.json: schema_version 3, this pytest-greenllm reads 1 and 2",
         ),
     ],
 )

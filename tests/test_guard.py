@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_greenllm.devices.errors import DeviceError, NoPermission
+from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.devices.fake_nvml import POWER_LIMIT_RANGE_MW, FakeNvml
 from pytest_greenllm.devices.guard import ClockGuard
 from pytest_greenllm.devices.nvml import NvmlSession
@@ -157,7 +157,8 @@ def test_a_failed_reset_keeps_the_record_and_says_what_to_do(rig: Rig) -> None:
 
 @pytest.mark.parametrize("limit_mw", [199_000, 700_001])
 def test_power_limit_out_of_range_names_the_range(rig: Rig, limit_mw: int) -> None:
-    with pytest.raises(DeviceError, match=r"GPU 0: .* outside its 200-700 W range"):
+    # NotSupported, as NVML's own refusal: the sweep skips such a point with what to do.
+    with pytest.raises(NotSupported, match=r"GPU 0: .* outside its 200-700 W range"):
         rig.guard.set_power_limit(rig.session.gpus, limit_mw)
     assert rig.limit_mw(0) == ORIGINAL_LIMIT_MW
     assert not rig.guard_state.exists()
@@ -171,6 +172,32 @@ def test_power_limit_is_put_back_by_restore(rig: Rig) -> None:
     rig.guard.set_power_limit(rig.session.gpus, 300_000)
     assert rig.guard.restore() == ["gpu0", "gpu1"]
     assert [rig.limit_mw(i) for i in (0, 1)] == [ORIGINAL_LIMIT_MW] * 2
+    assert not rig.guard_state.exists()
+
+
+def test_restore_puts_back_a_point_s_clock_and_limit_together(rig: Rig) -> None:
+    rig.guard.lock_clocks(rig.session.gpus[:1], 1410)
+    rig.guard.set_power_limit(rig.session.gpus[:1], 300_000)
+    assert rig.record()["devices"] == {
+        rig.uuids[0]: {"index": 0, "clock_mhz": 1410, "original_power_limit_mw": ORIGINAL_LIMIT_MW}
+    }
+    assert rig.guard.restore() == ["gpu0"]
+    assert rig.fake.locked_clocks(0) is None
+    assert [rig.limit_mw(i) for i in (0, 1)] == [ORIGINAL_LIMIT_MW] * 2
+    assert not rig.guard_state.exists()
+
+
+def test_restoring_clocks_only_keeps_the_limit_and_its_record(rig: Rig) -> None:
+    rig.guard.lock_clocks(rig.session.gpus[:1], 1410)
+    rig.guard.set_power_limit(rig.session.gpus[:1], 300_000)
+    assert rig.guard.restore(clocks_only=True) == ["gpu0"]
+    assert rig.fake.locked_clocks(0) is None
+    assert rig.limit_mw(0) == 300_000
+    assert rig.record()["devices"] == {
+        rig.uuids[0]: {"index": 0, "clock_mhz": None, "original_power_limit_mw": ORIGINAL_LIMIT_MW}
+    }
+    assert rig.guard.restore() == ["gpu0"]
+    assert rig.limit_mw(0) == ORIGINAL_LIMIT_MW
     assert not rig.guard_state.exists()
 
 

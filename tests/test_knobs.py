@@ -1,4 +1,5 @@
-"""The knob matrix: its size, why points are removed, clock snapping and engine grouping."""
+"""The knob matrix: its size, why points are removed, clock snapping, power limits and engine
+grouping."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from pytest_greenllm.devices.base import Capabilities
 from pytest_greenllm.devices.fake_nvml import GPU_NAME as FAKE_GPU_NAME
-from pytest_greenllm.devices.fake_nvml import GRAPHICS_CLOCKS_MHZ
+from pytest_greenllm.devices.fake_nvml import GRAPHICS_CLOCKS_MHZ, POWER_LIMIT_RANGE_MW
 from pytest_greenllm.knobs import (
     ALL_CLOCKS,
     FreqRequest,
@@ -19,6 +20,7 @@ from pytest_greenllm.knobs import (
     expand,
     group_by_engine,
     resolve_freqs,
+    resolve_power_limits,
 )
 from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import DEFAULT_BUCKETS, Workload, custom_workload
@@ -31,8 +33,12 @@ def model(heads: int | None = None, kv: int | None = None, ctx: int | None = Non
     return ModelInfo("m", "m", False, heads, kv, ctx, None)
 
 
-def caps(units: int = 8, clocks: tuple[int, ...] = FAKE_CLOCKS_MHZ) -> Capabilities:
-    return Capabilities("fake", FAKE_GPU_NAME, units, "GPUs", clocks)
+def caps(
+    units: int = 8,
+    clocks: tuple[int, ...] = FAKE_CLOCKS_MHZ,
+    power_range_mw: tuple[int, int] | None = POWER_LIMIT_RANGE_MW,
+) -> Capabilities:
+    return Capabilities("fake", FAKE_GPU_NAME, units, "GPUs", clocks, power_range_mw)
 
 
 def matrix(
@@ -41,6 +47,7 @@ def matrix(
     batches: Sequence[int] = (1,),
     workloads: Sequence[Workload] = (S,),
     freqs: FreqRequest = (None,),
+    power_limits: Sequence[int | None] = (None,),
     info: ModelInfo | None = None,
     device: Capabilities | None = None,
 ) -> Matrix:
@@ -50,6 +57,7 @@ def matrix(
         batches=batches,
         workloads=workloads,
         freqs=freqs,
+        power_limits_w=power_limits,
         caps=device or caps(),
     )
 
@@ -68,6 +76,10 @@ clocks_st = st.lists(st.integers(100, 3000), max_size=10, unique=True).map(lambd
 freqs_st: st.SearchStrategy[FreqRequest] = st.one_of(
     st.just(ALL_CLOCKS), st.lists(st.none() | st.integers(1, 4000), max_size=5).map(tuple)
 )
+power_limits_st = st.lists(st.none() | st.integers(1, 1000), min_size=1, max_size=4, unique=True)
+power_range_st = st.none() | st.tuples(st.integers(1, 500), st.integers(500, 1000)).map(
+    lambda watts: (watts[0] * 1000, watts[1] * 1000)
+)
 optional_int = st.none() | st.integers(1, 64)
 # The settings layer drops duplicate knob values, so expand() only ever sees unique ones.
 tps_st = st.lists(st.integers(1, 16), min_size=1, max_size=4, unique=True)
@@ -83,6 +95,8 @@ workloads_st = st.lists(
 @given(
     clocks_st,
     freqs_st,
+    power_limits_st,
+    power_range_st,
     tps_st,
     batches_st,
     workloads_st,
@@ -93,6 +107,8 @@ workloads_st = st.lists(
 def test_every_combination_is_kept_or_removed_exactly_once(
     clocks: tuple[int, ...],
     freqs: FreqRequest,
+    power_limits: list[int | None],
+    power_range_mw: tuple[int, int] | None,
     tps: list[int],
     batches: list[int],
     workloads: list[Workload],
@@ -100,7 +116,7 @@ def test_every_combination_is_kept_or_removed_exactly_once(
     info: ModelInfo,
     reject_modulus: int,
 ) -> None:
-    device = caps(units, clocks)
+    device = caps(units, clocks, power_range_mw)
 
     def reject(point: KnobPoint) -> list[str]:
         return [f"batch {point.batch} rejected"] if point.batch % reject_modulus == 0 else []
@@ -111,12 +127,14 @@ def test_every_combination_is_kept_or_removed_exactly_once(
         batches=batches,
         workloads=workloads,
         freqs=freqs,
+        power_limits_w=power_limits,
         caps=device,
         extra_problems=reject,
     )
     axis = resolve_freqs(freqs, device)
+    limits = resolve_power_limits(power_limits, device)
     removed = [point for point, _ in m.removed]
-    combinations = len(axis.freqs) * len(tps) * len(batches) * len(workloads)
+    combinations = len(axis.freqs) * len(limits.limits_w) * len(tps) * len(batches) * len(workloads)
     assert len(m.points) + len(m.removed) == combinations
     assert all(reason for _, reason in m.removed)
     assert len(set(m.points)) == len(m.points)
@@ -157,8 +175,26 @@ def test_every_combination_is_kept_or_removed_exactly_once(
             "S-tp1-b1-100MHz",
             f"100 MHz is outside the 210-1980 MHz the {FAKE_GPU_NAME} supports",
         ),
+        (
+            lambda: matrix(power_limits=(150, 300, None)),
+            "S-tp1-b1-default-pl150W",
+            f"150 W is outside the 200-700 W power limits the {FAKE_GPU_NAME} accepts",
+        ),
+        (
+            lambda: matrix(power_limits=(700, 701)),
+            "S-tp1-b1-default-pl701W",
+            f"701 W is outside the 200-700 W power limits the {FAKE_GPU_NAME} accepts",
+        ),
     ],
-    ids=["tp-over-units", "tp-vs-heads", "tp-vs-kv-heads", "context", "clock-out-of-range"],
+    ids=[
+        "tp-over-units",
+        "tp-vs-heads",
+        "tp-vs-kv-heads",
+        "context",
+        "clock-out-of-range",
+        "power-limit-below-range",
+        "power-limit-above-range",
+    ],
 )
 def test_invalid_point_is_removed_with_its_reason(
     build: Callable[[], Matrix], point_id: str, reason: str
@@ -188,6 +224,7 @@ def test_extra_problems_are_joined_to_the_builtin_ones() -> None:
         batches=(1, 16),
         workloads=(S,),
         freqs=(None,),
+        power_limits_w=(None,),
         caps=caps(units=1),
         extra_problems=lambda p: ["no engine for b16", "really"] if p.batch == 16 else [],
     )
@@ -274,6 +311,10 @@ def test_group_by_engine_example() -> None:
         (KnobPoint("m", 2, 16, L, 1410), "L-tp2-b16-1410MHz"),
         (KnobPoint("m", 1, 1, S, None), "S-tp1-b1-default"),
         (KnobPoint("m", 8, 256, custom_workload(512, 128), 210), "512x128-tp8-b256-210MHz"),
+        # The power limit comes last, and only where it is set: ids without it are unchanged.
+        (KnobPoint("m", 1, 8, S, 1410, None), "S-tp1-b8-1410MHz"),
+        (KnobPoint("m", 1, 8, S, 1410, 300), "S-tp1-b8-1410MHz-pl300W"),
+        (KnobPoint("m", 2, 16, L, None, 450), "L-tp2-b16-default-pl450W"),
     ],
 )
 def test_point_id(point: KnobPoint, expected: str) -> None:
@@ -292,4 +333,57 @@ def test_header_lines_summarise_the_matrix() -> None:
     assert single.header_lines() == [
         f"greenllm: 1 point, 1 engine build, device=fake ({FAKE_GPU_NAME})",
         "greenllm: removed 1 point: workload L needs 4608 tokens of context, the model allows 2048",
+    ]
+
+
+def test_power_limits_sweep_outside_the_clock_and_keep_the_engine_grouping() -> None:
+    m = matrix(tps=(1, 2), freqs=(1410, 1980), power_limits=(300, 500), workloads=(S, L))
+    assert [p.id for p in m.points][:8] == [
+        "S-tp1-b1-1410MHz-pl300W",
+        "L-tp1-b1-1410MHz-pl300W",
+        "S-tp1-b1-1980MHz-pl300W",
+        "L-tp1-b1-1980MHz-pl300W",
+        "S-tp1-b1-1410MHz-pl500W",
+        "L-tp1-b1-1410MHz-pl500W",
+        "S-tp1-b1-1980MHz-pl500W",
+        "L-tp1-b1-1980MHz-pl500W",
+    ]
+    assert len(m.points) == 16 and len(m.engine_configs) == 2
+    assert {p.power_limit_w for p in m.points} == {300, 500}
+
+
+def test_power_limits_at_the_range_edges_are_kept() -> None:
+    m = matrix(power_limits=(200, 700, None))
+    assert m.removed == ()
+    assert [p.id for p in m.points] == [
+        "S-tp1-b1-default-pl200W",
+        "S-tp1-b1-default-pl700W",
+        "S-tp1-b1-default",
+    ]
+
+
+@given(power_limits_st)
+def test_device_without_power_limits_collapses_the_axis_to_default(limits: list[int | None]) -> None:
+    axis = resolve_power_limits(limits, caps(power_range_mw=None))
+    assert axis.limits_w == (None,) and axis.unsupported == {}
+    asked = any(watts is not None for watts in limits)
+    # A silent collapse would hide that the sweep the user asked for did not happen.
+    assert axis.notes == (
+        (
+            "device=fake cannot set power limits: the power-limit axis is 'default' "
+            "(use an NVML device to sweep power limits)",
+        )
+        if asked
+        else ()
+    )
+
+
+def test_a_collapsed_power_limit_axis_is_said_in_the_header() -> None:
+    m = matrix(freqs=(1410,), power_limits=(300, 500), device=caps(clocks=(), power_range_mw=None))
+    assert [p.id for p in m.points] == ["S-tp1-b1-default"]
+    assert m.header_lines()[1:] == [
+        "greenllm: device=fake cannot lock clocks: the frequency axis is 'default' "
+        "(use an NVML device to sweep clocks)",
+        "greenllm: device=fake cannot set power limits: the power-limit axis is 'default' "
+        "(use an NVML device to sweep power limits)",
     ]

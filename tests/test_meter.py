@@ -147,9 +147,10 @@ def test_failed_power_reads_leave_a_gap_but_the_counter_still_measures() -> None
     start_mj = fake.true_energy_mj(0)
     with meter.window() as handle:
         run_for(clock, 0.2)
-        fake.fail("nvmlDeviceGetPowerUsage", GPU_IS_LOST)
+        # The power the meter reads: the instantaneous field, which the fake GPU offers.
+        fake.fail("nvmlDeviceGetFieldValues", GPU_IS_LOST)
         run_for(clock, 0.2)
-        fake.heal("nvmlDeviceGetPowerUsage")
+        fake.heal("nvmlDeviceGetFieldValues")
         run_for(clock, 0.2)
     assert handle.result is not None
     result, [device] = handle.result, handle.result.devices
@@ -235,10 +236,11 @@ def test_short_windows_are_flagged_with_what_to_change() -> None:
 
 
 def test_counter_and_integrated_power_are_cross_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock, fake, meter = rig(load=0.5)
+    clock, _, meter = rig(load=0.5)
     honest = measured(meter, clock, 2.0)
-    reads = fake.nvmlDeviceGetPowerUsage
-    monkeypatch.setattr(fake, "nvmlDeviceGetPowerUsage", lambda h: round(reads(h) * 1.2))
+    [gpu] = meter.sources
+    reads = gpu.power  # type: ignore[attr-defined]
+    monkeypatch.setattr(gpu, "power", lambda: (reads()[0] * 1.2, reads()[1]))
     biased = measured(meter, clock, 2.0)
     # Too short for the counter to be trusted: no disagreement is claimed.
     biased_short = measured(meter, clock, 0.5)

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_greenllm.devices import backend as backend_module
 from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
-from pytest_greenllm.devices.base import Reading
+from pytest_greenllm.devices.base import AVERAGE, INSTANT, Reading
 from pytest_greenllm.devices.errors import (
     DeviceError,
     DeviceLost,
@@ -125,11 +125,23 @@ def test_session_without_a_driver_is_driver_unavailable() -> None:
 def test_gpu_reads_power_clock_temperature_and_reasons() -> None:
     fake = FakeNvml(gpus=2, noise=0.0)
     gpu = NvmlSession(fake).gpus[1]
-    assert gpu.read() == Reading(70_000, sm_clock_mhz=345, temperature_c=32, event_reasons=1)
+    assert gpu.read() == Reading(70_000, 345, 32, event_reasons=1, power_kind=INSTANT)
     fake.set_load(1.0)
-    assert gpu.read() == Reading(700_000, sm_clock_mhz=1980, temperature_c=32, event_reasons=0)
+    # The instantaneous field follows the load at once (the 1 s average would lag it).
+    assert gpu.read() == Reading(700_000, 1980, 32, event_reasons=0, power_kind=INSTANT)
     assert isinstance(gpu.energy_mj(), float)
     assert NvmlSession(FakeNvml(gpus=1, energy_counter=False)).gpus[0].energy_mj() is None
+
+
+def test_gpu_without_instantaneous_power_reads_the_average() -> None:
+    fake = FakeNvml(gpus=1, noise=0.0, instant_power=False)
+    gpu = NvmlSession(fake).gpus[0]
+    assert gpu.power_kind == AVERAGE
+    reading = gpu.read()
+    assert (reading.power_mw, reading.power_kind) == (70_000, AVERAGE)
+    # A field the driver answers with zero is taken as not offered.
+    zero = FakeNvml(gpus=1, noise=0.0, power_scale=1e-9)
+    assert NvmlSession(zero).gpus[0].power_kind == AVERAGE
 
 
 def test_gpu_info_tolerates_missing_clock_list_and_limit_range() -> None:
@@ -310,7 +322,8 @@ def test_auto_finds_rapl_zones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 # --- the fake's environment switches -----------------------------------------------------
 def test_env_switches_configure_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GREENLLM_FAKE_POWER_SCALE", "1.5")
-    fail = "nvmlDeviceSetGpuLockedClocks=4,nvmlDeviceGetPowerUsage=3"
+    # Without the instantaneous field the GPU's power is nvmlDeviceGetPowerUsage's.
+    fail = "nvmlDeviceSetGpuLockedClocks=4,nvmlDeviceGetFieldValues=3,nvmlDeviceGetPowerUsage=3"
     monkeypatch.setenv("GREENLLM_FAKE_FAIL", fail)
     fake = fake_nvml_from_env()
     fake.load, fake.noise = None, 0.0

@@ -178,7 +178,10 @@ def _without(key: str) -> JsonObject:
         ('{"schema": ', "not JSON"),
         ("[1, 2]", "not a pytest-greenllm report"),
         ({"schema": "something else", "schema_version": 1}, "not a pytest-greenllm report"),
-        ({**report([]).to_json(), "schema_version": 2}, "schema_version 2, this pytest-greenllm reads 1"),
+        (
+            {**report([]).to_json(), "schema_version": 3},
+            "schema_version 3, this pytest-greenllm reads 1 and 2",
+        ),
         (_without("fingerprint"), "the report has no 'fingerprint'"),
         (_without("points"), "the report has no 'points'"),
         (_without("device"), "the report has no 'device'"),
@@ -191,7 +194,7 @@ def _without(key: str) -> JsonObject:
         "not-json",
         "a-list",
         "other-schema",
-        "version-2",
+        "version-3",
         "no-fingerprint",
         "no-points",
         "no-device",
@@ -218,17 +221,40 @@ def test_load_report_refuses_points_that_are_not_a_list(tmp_path: Path) -> None:
 
 def test_checked_in_example_of_schema_1_loads() -> None:
     data = load_report(DATA)
-    assert data.to_json()["schema_version"] == 1 and data.device == "fake"
+    assert data.device == "fake"
     assert [p.id for p in data.points] == ["32x8-tp1-b4-1410MHz", "64x8-tp1-b4-1410MHz"]
-    # The plugin wrote each summary with summarise: a changed summarise would be caught here.
-    for point in data.points:
-        assert summarise(point.repeats) == point.summary
-
-
-def test_checked_in_example_reads_back_to_the_same_json() -> None:
+    # The plugin wrote each summary with summarise: a changed summarise would be caught here,
+    # in every figure version 1 has.
     stored = json.loads(DATA.read_text())
-    assert stored["schema_version"] == SCHEMA_VERSION
-    assert Report.from_json(stored).to_json() == stored
+    for point, stored_point in zip(data.points, stored["points"]):
+        computed = dataclasses.replace(point, summary=summarise(point.repeats)).to_json()["summary"]
+        assert {key: computed[key] for key in stored_point["summary"]} == stored_point["summary"]
+
+
+def within(old: Any, new: Any, path: str = "") -> list[str]:
+    """Where ``old`` is not contained in ``new``: every key of old with the same value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            f for key, value in old.items() for f in within(value, new.get(key, KeyError), f"{path}.{key}")
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [f for i, (a, b) in enumerate(zip(old, new)) for f in within(a, b, f"{path}[{i}]")]
+    return [] if old == new else [path]
+
+
+def test_checked_in_example_of_schema_1_reads_back_with_nothing_lost() -> None:
+    stored = json.loads(DATA.read_text())
+    assert stored["schema_version"] == 1
+    written = Report.from_json(stored).to_json()
+    assert written["schema_version"] == SCHEMA_VERSION == 2
+    # Version 2 only adds fields: every value of version 1 is kept where it was.
+    assert within({**stored, "schema_version": 2}, written) == []
+    # What version 2 added reads as unknown, not as zero.
+    point = written["points"][0]
+    assert point["summary"]["j_per_prefill_token"] is None
+    assert point["repeats"][0]["energy"]["phases"] is None and point["repeats"][0]["passes"] == 1
+    # And the version-2 form reads back to itself.
+    assert Report.from_json(json.loads(json.dumps(written))).to_json() == written
 
 
 def test_point_record_round_trips_through_json() -> None:
@@ -292,7 +318,11 @@ def test_journal_appends_and_reads_back_with_a_header(tmp_path: Path) -> None:
     journal.append(b)
     journal.append(a3)  # a re-measured point: the later one wins
     header = json.loads(path.read_text().splitlines()[0])
-    assert header == {"schema": "pytest-greenllm journal", "schema_version": 1, "fingerprint": FINGERPRINT}
+    assert header == {
+        "schema": "pytest-greenllm journal",
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": FINGERPRINT,
+    }
     points = _journal(path).read()
     assert as_json(points) == {"a": a3.to_json(), "b": b.to_json()}
     assert points["a"].summary.itl_p99_ms == 30.0 and points["b"].summary.itl_p99_ms == 20.0
@@ -367,16 +397,16 @@ def test_journal_of_another_setup_is_refused(tmp_path: Path, field: str) -> None
     [
         '{"id": "a"}\n',
         "not json\n",
-        '{"schema": "pytest-greenllm journal", "schema_version": 2}\n{"id": "a"}\n',
+        '{"schema": "pytest-greenllm journal", "schema_version": 3}\n{"id": "a"}\n',
         json.dumps(report([]).to_json(), indent=1),  # the report beside it, passed by mistake
     ],
-    ids=["no-header", "text", "version-2", "report"],
+    ids=["no-header", "text", "version-3", "report"],
 )
 def test_non_journal_file_is_refused(tmp_path: Path, content: str) -> None:
     path = _write(tmp_path / "journal.jsonl", content)
     with pytest.raises(ReportError) as info:
         _journal(path).read()
-    assert str(info.value) == f"{path}: not a pytest-greenllm journal of schema 1"
+    assert str(info.value) == f"{path}: not a pytest-greenllm journal of schema {SCHEMA_VERSION}"
 
 
 def test_journal_whose_header_is_not_an_object_is_refused(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ class BoardDriver:
     def warm_up(self, spec, tag):
         time.sleep(STEP_S)
 
-    def run(self, spec, requests, arrivals_s, tag):
+    def run(self, spec, requests, arrivals_s, tag, observer=None):
         # All requests are handed over at once; batch-sized groups then get one token per
         # step each, so later groups queue as they would in an engine.
         self.runs += 1

@@ -1,6 +1,5 @@
 """What is checked before the first point, so that hours of measurement never end in a stack
-trace: outputs that cannot be written, a model directory without weights; and the power
-limit the reports record is the one the session set."""
+trace: outputs that cannot be written, a model directory without weights."""
 
 from __future__ import annotations
 
@@ -67,16 +66,3 @@ def test_a_model_directory_without_weights_is_refused_with_the_way_out(
         *KNOBS, f"--greenllm-model={model}", "--greenllm-engine-arg=load_format=dummy", "--collect-only"
     )
     assert dummy.ret == pytest.ExitCode.OK
-
-
-def test_reports_record_the_power_limit_the_session_set(sweep: pytest.Pytester) -> None:
-    sweep.runpytest(*KNOBS, "--greenllm-power-limit=300", "--greenllm-json=capped.json").assert_outcomes(
-        passed=1
-    )
-    report = json.loads((sweep.path / "capped.json").read_text())
-    assert report["fingerprint"]["power_limit_w"] == 300.0
-    assert {g["power_limit_w"] for g in report["machine"]["gpus"]} == {300.0}
-    # At the default limit the energy is another setup's: the capped baseline is refused.
-    result = sweep.runpytest(*KNOBS, "--greenllm-baseline=capped.json")
-    assert result.ret == USAGE_ERROR
-    assert "power_limit_w: 300.0 -> 700.0" in error_lines(result)[0]

@@ -29,6 +29,7 @@ FAKE_STATE_ENV = "GREENLLM_FAKE_STATE"  # a file that keeps locked clocks across
 FAKE_POWER_SCALE_ENV = "GREENLLM_FAKE_POWER_SCALE"  # 1.1 injects a 10% power regression
 FAKE_FAIL_ENV = "GREENLLM_FAKE_FAIL"  # e.g. nvmlDeviceSetGpuLockedClocks=4 (NoPermission)
 FAKE_LOAD_ENV = "GREENLLM_FAKE_LOAD"  # a constant load 0..1 instead of this machine's CPU use
+FAKE_COUNTER_PERIOD_ENV = "GREENLLM_FAKE_COUNTER_PERIOD"  # energy counter updates, in seconds
 NO_METER = (
     "no energy meter here (device=none): install the NVIDIA driver and nvidia-ml-py for "
     "GPUs, or make RAPL readable (/sys/class/powercap/intel-rapl:*/energy_uj, root) for "
@@ -87,7 +88,10 @@ def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> DeviceBac
     common = set(gpus[0].info.supported_clocks_mhz)
     for gpu in gpus[1:]:
         common &= set(gpu.info.supported_clocks_mhz)
-    caps = Capabilities(kind, gpus[0].info.name, len(gpus), "GPUs", tuple(sorted(common)))
+    # Likewise only power limits every GPU accepts.
+    low_mw = max(gpu.info.power_limit_range_mw[0] for gpu in gpus)
+    high_mw = min(gpu.info.power_limit_range_mw[1] for gpu in gpus)
+    caps = Capabilities(kind, gpus[0].info.name, len(gpus), "GPUs", tuple(sorted(common)), (low_mw, high_mw))
     guard = ClockGuard(session, state_path)
     try:
         notes = guard.recover_stale()
@@ -126,6 +130,7 @@ def fake_nvml_from_env() -> FakeNvml:
         gpus=int(_env_number(FAKE_GPUS_ENV, "8", int)),
         load=load,
         power_scale=_env_number(FAKE_POWER_SCALE_ENV, "1", float),
+        counter_period_s=_env_number(FAKE_COUNTER_PERIOD_ENV, "0.1", float),
         state_path=Path(state) if state else None,
     )
     for entry in filter(None, (e.strip() for e in os.environ.get(FAKE_FAIL_ENV, "").split(","))):

@@ -17,13 +17,16 @@ DEVICE_KINDS = ("auto", "nvml", "rapl", "fake", "none")
 
 @dataclass(frozen=True)
 class Capabilities:
-    """The parallel units an engine may use and the clocks that can be locked."""
+    """The parallel units an engine may use, the clocks that can be locked and the power
+    limits that can be set."""
 
     kind: str  # the resolved device kind: nvml, rapl, fake or none
     accelerator: str  # e.g. 'NVIDIA H100 80GB HBM3' or 'CPU'
     parallel_units: int  # GPUs (or CPU cores for vLLM's CPU backend) one engine may span
     unit_name: str  # 'GPUs' or 'CPU cores', for messages
     clocks_mhz: tuple[int, ...]  # lockable SM clocks, ascending; empty: no clock control. Units: MHz.
+    # The lowest and highest limit every GPU accepts; None: no power limit control. Units: mW.
+    power_limit_range_mw: tuple[int, int] | None = None
 
     @property
     def can_lock_clocks(self) -> bool:
@@ -38,6 +41,12 @@ class Reading:
     sm_clock_mhz: int | None = None  # Units: MHz.
     temperature_c: int | None = None  # Units: °C.
     event_reasons: int | None = None  # NVML's clock-event bitmask
+    power_kind: str | None = None  # INSTANT or AVERAGE (a moving average); None: unknown
+
+
+# What a power reading is: the power now, or a moving average (1 s on Hopper).
+INSTANT = "instant"
+AVERAGE = "average"
 
 
 class EnergySource(Protocol):

@@ -20,7 +20,10 @@ NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 
-HOW_TO_LOCK = "run as root (clock locking needs it) with persistence mode on (`nvidia-smi -pm 1`)"
+HOW_TO_LOCK = (
+    "run as root (locking clocks and setting power limits need it) with persistence mode on "
+    "(`nvidia-smi -pm 1`)"
+)
 USE_OTHER_DEVICE = Hint("device", "rapl|none", ", or use {flag}")
 
 

@@ -8,7 +8,11 @@ and the real ``pynvml.NVMLError`` classes with NVML's return codes.
 The model behind it: an H100 SXM whose power rises with load and with the square of the
 SM clock, capped by the power limit (which then lowers the clock, as the driver does); a
 temperature that follows power with a lag; an energy counter that integrates the true power
-and advances in 100 ms steps; power readings with Gaussian noise. Locked clocks and power
+exactly but shows it only as of its last update, every ``counter_period_s`` (100 ms by
+default; NVML's counter updates every 20-100 ms). As on Hopper, ``nvmlDeviceGetPowerUsage``
+and the NVML_FI_DEV_POWER_AVERAGE field report the trailing one-second average of the true
+power, so a step of load shows there over a second, while the NVML_FI_DEV_POWER_INSTANT field
+reports the power now; every power reading carries Gaussian noise. Locked clocks and power
 limits can be kept in a state file so that, like on real hardware, they outlive the process.
 """
 
@@ -21,6 +25,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +52,7 @@ POWER_LIMIT_RANGE_MW = (200_000, 700_000)
 IDLE_TEMPERATURE_C = 32.0
 KELVIN_PER_WATT = 0.06  # steady-state heating above idle
 THERMAL_TIME_CONSTANT_S = 20.0
-COUNTER_PERIOD_S = 0.1
+AVERAGING_WINDOW_S = 1.0  # Hopper's nvmlDeviceGetPowerUsage: a trailing 1 s average
 
 REASON_GPU_IDLE = 0x1
 REASON_SW_POWER_CAP = 0x4
@@ -60,7 +65,10 @@ class _Gpu:
     locked_mhz: tuple[int, int] | None = None
     power_limit_mw: int = POWER_LIMIT_RANGE_MW[1]
     energy_mj: float = 0.0  # exact integral of the true power since init. Units: mJ.
-    counter_mj: float = 0.0  # energy_mj at the counter's last 100 ms update. Units: mJ.
+    counter_mj: float = 0.0  # energy_mj at the counter's last update. Units: mJ.
+    # (time in s, energy_mj) at each advance, back to the last one at or before the
+    # averaging window's start: energy is linear between them, as power is constant.
+    energy_history: deque[tuple[float, float]] = field(default_factory=deque)
     temperature_c: float = IDLE_TEMPERATURE_C
     last_t: float = 0.0
     power_w: float = IDLE_POWER_W  # true power since last_t. Units: W.
@@ -138,6 +146,7 @@ class FakeNvml:
     energy_counter: bool = True  # False: a pre-Volta GPU without the counter
     persistence: bool = True  # persistence mode, as `nvidia-smi -pm` leaves it
     instant_power: bool = True  # False: a GPU without the NVML_FI_DEV_POWER_INSTANT field
+    counter_period_s: float = 0.1  # how often the energy counter updates. Units: s.
     driver_loaded: bool = True
     _failures: dict[str, int] = field(default_factory=dict)
     _constant_load: float = 0.0
@@ -165,6 +174,11 @@ class FakeNvml:
         for gpu in self._devices:
             self._settle(gpu)
         self._load_state()
+        for gpu in self._devices:
+            # The GPU sat at its settled power before init: a point one window back lets
+            # the first second's average include that time, as a real GPU's would.
+            before_mj = -gpu.power_w * AVERAGING_WINDOW_S * 1000
+            gpu.energy_history.extend([(now - AVERAGING_WINDOW_S, before_mj), (now, 0.0)])
 
     # --- test switches -------------------------------------------------------------------
     def fail(self, function: str, code: int) -> None:
@@ -219,7 +233,7 @@ class FakeNvml:
         now = self.clock()
         dt = now - gpu.last_t
         if dt > 0:
-            last_update = math.floor(now / COUNTER_PERIOD_S) * COUNTER_PERIOD_S
+            last_update = math.floor(now / self.counter_period_s) * self.counter_period_s
             if last_update > gpu.last_t:
                 # Power was constant since last_t, so the energy at the update is exact.
                 gpu.counter_mj = gpu.energy_mj + gpu.power_w * (last_update - gpu.last_t) * 1000
@@ -229,8 +243,24 @@ class FakeNvml:
                 -dt / THERMAL_TIME_CONSTANT_S
             )
             gpu.last_t = now
+            history = gpu.energy_history
+            history.append((now, gpu.energy_mj))
+            while history[1][0] <= now - AVERAGING_WINDOW_S:
+                history.popleft()
         if self.load is not None:
             self._settle(gpu)
+
+    def _average_power_w(self, gpu: _Gpu) -> float:
+        """The true power averaged over the window that ends at the last advance. Units: W."""
+        start_s = gpu.last_t - AVERAGING_WINDOW_S
+        # Pruning leaves the window's start between the first two points.
+        (t0, e0_mj), (t1, e1_mj) = gpu.energy_history[0], gpu.energy_history[1]
+        start_mj = e0_mj + (e1_mj - e0_mj) * (start_s - t0) / (t1 - t0)
+        return (gpu.energy_mj - start_mj) / AVERAGING_WINDOW_S / 1000
+
+    def _reading_mw(self, power_w: float) -> int:
+        """A power sensor's reading of ``power_w``, with noise. Units: mW."""
+        return max(0, round(power_w * (1 + self._rng.gauss(0.0, self.noise)) * 1000))
 
     def _load_state(self) -> None:
         if self.state_path is None or not self.state_path.exists():
@@ -380,15 +410,14 @@ class FakeNvml:
     @_serialised
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         gpu = self._gpu("nvmlDeviceGetPowerUsage", handle)
-        noisy_w = gpu.power_w * (1 + self._rng.gauss(0.0, self.noise))
-        return max(0, round(noisy_w * 1000))
+        return self._reading_mw(self._average_power_w(gpu))
 
     @_serialised
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
         gpu = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
         if not self.energy_counter:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        # The counter shows the energy at its last update, up to 100 ms ago.
+        # The counter shows the energy at its last update, up to counter_period_s ago.
         return math.floor(gpu.counter_mj)
 
     @_serialised
@@ -415,16 +444,16 @@ class FakeNvml:
         for entry, field_id in zip(values, fieldIds):
             entry.fieldId = field_id
             entry.timestamp = round(self.clock() * 1e6)
-            known = field_id == pynvml.NVML_FI_DEV_POWER_AVERAGE or (
-                field_id == pynvml.NVML_FI_DEV_POWER_INSTANT and self.instant_power
-            )
-            if not known:
+            if field_id == pynvml.NVML_FI_DEV_POWER_AVERAGE:
+                power_w = self._average_power_w(gpu)
+            elif field_id == pynvml.NVML_FI_DEV_POWER_INSTANT and self.instant_power:
+                power_w = gpu.power_w
+            else:
                 entry.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             entry.nvmlReturn = pynvml.NVML_SUCCESS
             entry.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-            noisy_w = gpu.power_w * (1 + self._rng.gauss(0.0, self.noise))
-            entry.value.uiVal = max(0, round(noisy_w * 1000))
+            entry.value.uiVal = self._reading_mw(power_w)
         return values
 
     @_serialised

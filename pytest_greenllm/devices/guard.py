@@ -159,12 +159,13 @@ class ClockGuard:
             raise
 
     def set_power_limit(self, gpus: Sequence[Gpu], limit_mw: int) -> None:
-        """Set the power limit of every GPU, within each one's allowed range. Units: mW."""
+        """Set the power limit of every GPU; NotSupported where it is outside a GPU's
+        allowed range. Units: mW."""
         with self._lock:
             for gpu in gpus:
                 low, high = gpu.info.power_limit_range_mw
                 if not low <= limit_mw <= high:
-                    raise DeviceError(
+                    raise NotSupported(
                         f"GPU {gpu.index}: a power limit of {limit_mw / 1000:g} W is outside "
                         f"its {low / 1000:g}-{high / 1000:g} W range"
                     )
@@ -183,7 +184,7 @@ class ClockGuard:
         self._write_state()
 
     def restore(self, clocks_only: bool = False) -> list[str]:
-        """Reset every change (or only locked clocks: a session-wide power limit stays);
+        """Reset every change (or only locked clocks, leaving power limits as they are);
         idempotent. Returns the GPUs reset."""
         with self._lock:
             done: list[str] = []

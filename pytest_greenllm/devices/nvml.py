@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pytest_greenllm.devices.base import GpuInfo, Reading
+from pytest_greenllm.devices.base import AVERAGE, INSTANT, GpuInfo, Reading
 from pytest_greenllm.devices.errors import DeviceError, DriverUnavailable, nvml_errors
 
 
@@ -21,6 +21,7 @@ class NvmlGpu:
         self._handle = handle
         self.index = index
         self.info = self._read_info()
+        self.power_kind = INSTANT if self._has_instant_power() else AVERAGE
 
     def _call(self, what: str, function: str, *args: Any) -> Any:
         with nvml_errors(self._nvml, f"GPU {self.index}: {what}"):
@@ -52,15 +53,40 @@ class NvmlGpu:
         except DeviceError:
             return None
 
+    def _has_instant_power(self) -> bool:
+        try:
+            power = self.instant_power_mw()
+        except DeviceError:
+            return False
+        # A GPU at rest draws tens of watts: a zero is a field the driver does not fill.
+        return power is not None and power > 0
+
+    def power(self) -> tuple[float, str]:
+        """Board power now where the GPU reports it (NVML_FI_DEV_POWER_INSTANT), else
+        nvmlDeviceGetPowerUsage, a 1 s moving average on Ampere (but A100) and newer: the
+        timeline of a window must not lag the load by a second. Returns (mW, INSTANT or
+        AVERAGE)."""
+        if self.power_kind == INSTANT:
+            power = self.instant_power_mw()
+            if power is not None:
+                return power, INSTANT
+        return self.average_power_mw(), AVERAGE
+
+    def average_power_mw(self) -> float:
+        """nvmlDeviceGetPowerUsage: a 1 s moving average on Hopper. Units: mW."""
+        return float(self._call("power", "nvmlDeviceGetPowerUsage"))
+
     def read(self) -> Reading:
-        """Board power (a 1 s average on Hopper), SM clock, temperature, clock-event reasons."""
+        """Board power (see :meth:`power`), SM clock, temperature, clock-event reasons."""
+        power_mw, kind = self.power()
         return Reading(
-            power_mw=float(self._call("power", "nvmlDeviceGetPowerUsage")),
+            power_mw=power_mw,
             sm_clock_mhz=int(self._call("SM clock", "nvmlDeviceGetClockInfo", self._nvml.NVML_CLOCK_SM)),
             temperature_c=int(
                 self._call("temperature", "nvmlDeviceGetTemperature", self._nvml.NVML_TEMPERATURE_GPU)
             ),
             event_reasons=int(self._call("clock event reasons", "nvmlDeviceGetCurrentClocksEventReasons")),
+            power_kind=kind,
         )
 
     def persistence_mode(self) -> bool:
