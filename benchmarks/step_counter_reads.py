@@ -66,11 +66,16 @@ def main() -> int:
         run_requests(llm, requests, arrivals, "warm")
         ratios, steps, step_s = [], 0, []
         for index in range(args.rounds):
-            # Interleaved, so that drift of a noisy machine hits both alike.
-            plain = run_metrics(run_requests(llm, requests, arrivals, f"plain-{index}"), BATCH)
+            # Interleaved, each first in every other round, so that drift of a noisy machine
+            # and whatever the run before leaves behind hit both alike.
             log = CounterLog(session.gpus)
             log.start()
-            logged = run_metrics(run_requests(llm, requests, arrivals, f"log-{index}", observer=log), BATCH)
+            runs = {}
+            for name in ("plain", "log") if index % 2 else ("log", "plain"):
+                observer = log if name == "log" else None
+                records = run_requests(llm, requests, arrivals, f"{name}-{index}", observer=observer)
+                runs[name] = run_metrics(records, BATCH)
+            plain, logged = runs["plain"], runs["log"]
             steps = len(log.steps)
             step_s.append(plain.duration_s / steps)
             ratios.append(logged.output_throughput / plain.output_throughput)
