@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -24,7 +25,9 @@ from pytest_greenllm.session import (
     session_key,
     verdict_failures_key,
 )
-from pytest_greenllm.sweep import PointSkipped
+from pytest_greenllm.sweep import PointSkipped, Sweep
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -83,6 +86,21 @@ def _asked(request: pytest.FixtureRequest, field: str) -> tuple[Any, int | None]
     return None, None
 
 
+@contextmanager
+def _changed(sweep: Sweep, change: Callable[[], T]) -> Iterator[T]:
+    """Make a device change for one test (skipped, with what to do, where it cannot be
+    made), and put the device back however the test ends; None: nothing was changed."""
+    try:
+        value = change()
+    except PointSkipped as e:
+        _skip(e)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            sweep.restore()
+
+
 @pytest.fixture
 def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSession) -> Iterator[int | None]:
     """Lock the SM clock of every GPU for one test and reset it after, however it ends.
@@ -94,16 +112,9 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
     """
     mhz, tp = _asked(request, "freq_mhz")
     sweep = greenllm_session.sweep
-    try:
-        locked = sweep.lock_clocks(mhz, tp)
-    except PointSkipped as e:
-        _skip(e)
-    try:
+    with _changed(sweep, lambda: sweep.lock_clocks(mhz, tp)) as locked:
         sweep.cool_down()
         yield locked
-    finally:
-        if locked is not None:
-            sweep.restore()
 
 
 @pytest.fixture
@@ -118,15 +129,8 @@ def power_limit(request: pytest.FixtureRequest, greenllm_session: GreenLLMSessio
     """
     watts, tp = _asked(request, "power_limit_w")
     sweep = greenllm_session.sweep
-    try:
-        limit_w = sweep.set_power_limit(watts, tp)
-    except PointSkipped as e:
-        _skip(e)
-    try:
+    with _changed(sweep, lambda: sweep.set_power_limit(watts, tp)) as limit_w:
         yield limit_w
-    finally:
-        if limit_w is not None:
-            sweep.restore()
 
 
 @pytest.fixture
