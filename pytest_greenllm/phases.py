@@ -209,7 +209,7 @@ def _updates(reads: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-GRID_FIT = 0.99  # share of read gaps a periodic update grid must explain
+GRID_FIT = 0.95  # share of read gaps a periodic update grid must explain (jitter misses some)
 
 
 def update_grid(

@@ -7,6 +7,8 @@ from tabulate import tabulate
 from pytest_greenllm.knobs import AXES, Matrix
 from pytest_greenllm.record import (
     AVG_POWER,
+    J_PER_DECODE_TOKEN,
+    J_PER_PREFILL_TOKEN,
     J_PER_TOKEN,
     OUTPUT_THROUGHPUT,
     TBT_P99,
@@ -15,7 +17,15 @@ from pytest_greenllm.record import (
     best_per_objective,
 )
 
-TABLE_METRICS = (TTFT_P99, TBT_P99, OUTPUT_THROUGHPUT, J_PER_TOKEN, AVG_POWER)
+TABLE_METRICS = (
+    TTFT_P99,
+    TBT_P99,
+    OUTPUT_THROUGHPUT,
+    J_PER_TOKEN,
+    AVG_POWER,
+    J_PER_PREFILL_TOKEN,
+    J_PER_DECODE_TOKEN,
+)
 
 
 def matrix_table(matrix: Matrix) -> str:

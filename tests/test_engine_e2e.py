@@ -4,6 +4,7 @@ teardown noise of vLLM's fails a project that runs with strict warnings."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -27,6 +28,7 @@ def test_sweep_on_real_vllm(pytester: pytest.Pytester) -> None:
         # Two CPU cores miss the GPU-sized default SLOs; the SLO gate has its own tests.
         "--greenllm-slo=ttft_p99=none,tbt_p99=none",
         "--junitxml=report.xml",
+        "--greenllm-json=report.json",
         "-p",
         "no:cacheprovider",
         timeout=1500,
@@ -38,8 +40,22 @@ def test_sweep_on_real_vllm(pytester: pytest.Pytester) -> None:
     returned = re.findall(r"after shutdown: (returned|NOT returned)", out)
     assert returned == ["returned"] * 4, out[-3000:]
     for point in ("64x16-tp1-b2", "128x32-tp2-b4"):
-        # point, repeats, TTFT p99, TBT p99, tok/s, J/tok, avg W, SLO verdict
-        row = rf"{point}-1410MHz +1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +ok"
+        # point, repeats, TTFT p99, TBT p99, tok/s, J/tok, avg W, J/prefill and J/decode
+        # token, SLO verdict
+        row = rf"{point}-1410MHz +1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.e-]+ +[\d.e-]+ +ok"
         assert re.search(row, out), out[-3000:]
     xml = (pytester.path / "report.xml").read_text()
     assert xml.count('name="greenllm_j_per_output_token"') == 8
+    # vLLM's own count of each step's tokens reached the meter: every prompt token of every
+    # pass was prefilled, every later token decoded.
+    report = json.loads((pytester.path / "report.json").read_text())
+    for point in report["points"]:
+        [repeat] = point["repeats"]
+        workload, passes = point["config"]["workload"], repeat["passes"]
+        phases = repeat["energy"]["phases"]
+        requests = repeat["metrics"]["requests"]
+        assert requests == 8 * passes, point["id"]
+        assert phases["tokens_from"] == "scheduler", point["id"]
+        assert phases["prefill_tokens"] == requests * workload["input_tokens"], point["id"]
+        assert phases["decode_tokens"] == requests * (workload["output_tokens"] - 1), point["id"]
+        assert point["summary"]["j_per_prefill_token"] > 0 and point["summary"]["j_per_decode_token"] > 0

@@ -46,3 +46,5 @@ def test_fake_sweep_report_has_the_phase_split_and_the_new_figures(
         total = phases["prefill_j"] + phases["decode_j"] + phases["idle_j"]
         assert total == pytest.approx(energy["energy_j"], rel=0.1)
         assert point["verdicts"]["goodput"]["good_requests_per_kj"] is not None
+        # The power limit of every point: left alone here (the axis has its own tests).
+        assert point["config"]["power_limit_w"] is None and point["power_limit_w"] is None

@@ -66,7 +66,7 @@ def test_sweep_writes_json_junit_and_summary(sweep: pytest.Pytester) -> None:
 
     result.stdout.fnmatch_lines(
         [
-            "*point*reps*TTFT p99 ms*J/tok*avg W*SLO*energy*best",
+            "*point*reps*TTFT p99 ms*J/tok*avg W*J/prefill tok*J/decode tok*SLO*energy*best",
             "greenllm: report written: out/report.json",
             "greenllm: report written: */.greenllm/*.json",
         ]

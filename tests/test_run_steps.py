@@ -148,3 +148,10 @@ def test_a_counter_that_updates_irregularly_fits_no_grid() -> None:
     grid = update_grid(starts, ends, np.diff(periodic) > 0, 0.05)
     assert grid is not None and grid[1] == pytest.approx(0.05, rel=1e-3)
     assert update_grid(starts, ends, np.diff(irregular) > 0, 0.05) is None
+    # Updates that wander by a few milliseconds around their period still fit the grid.
+    updates = np.arange(0.02, reads_s[-1], 0.05) + rng.uniform(
+        -0.002, 0.002, len(np.arange(0.02, reads_s[-1], 0.05))
+    )
+    seen = np.diff(np.searchsorted(updates, reads_s, side="right")) > 0
+    jittered = update_grid(starts, ends, seen, 0.05)
+    assert jittered is not None and jittered[1] == pytest.approx(0.05, rel=1e-3)
