@@ -42,7 +42,7 @@ def read_cost_us(gpus: int, reads: int = 2000) -> float:
     log = CounterLog(session.gpus)
     start = time.perf_counter()
     for i in range(reads):
-        log.step(Step(float(i), 0, 8, 0, 0))
+        log.step(Step(float(i), 0, 8))
     cost = (time.perf_counter() - start) / reads * 1e6
     session.close()
     return cost

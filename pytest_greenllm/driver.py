@@ -30,8 +30,6 @@ class Step:
     end_s: float  # Units: s.
     prefill_tokens: int  # prompt tokens the step computed (chunks of a chunked prefill too)
     decode_tokens: int  # output tokens the step generated for requests already past prefill
-    first_tokens: int  # requests whose first output token came with this step
-    finished: int  # requests that finished with this step
     tokens_from: str = "outputs"  # 'scheduler': the engine's own count; 'outputs': the driver's
 
 

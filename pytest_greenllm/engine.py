@@ -352,31 +352,27 @@ def _run(
                 outputs = engine.step()
                 t = clock()
                 watchdog.progress(t - before)
-                firsts = finished = prefill = decode = 0
+                prefill = decode = 0
                 for output in outputs:
                     tokens = len(output.outputs[0].token_ids)
-                    first = not stamps[output.request_id] and tokens > 0
-                    stamps[output.request_id].extend([t] * tokens)
-                    firsts += first
-                    finished += bool(output.finished)
-                    if first:
+                    if not stamps[output.request_id] and tokens:
                         # Without the scheduler's count: the prompt's prefill ends with the
                         # first token (all of it is charged to this step).
                         prefill += prompt_lengths[output.request_id]
-                        decode += tokens - 1
-                    else:
-                        decode += tokens
+                        tokens -= 1
+                    decode += tokens
+                    stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
                 if observer is not None:
                     scheduled = view.take()
                     if scheduled is None:
-                        observer.step(Step(t, prefill, decode, firsts, finished))
+                        observer.step(Step(t, prefill, decode))
                     else:
-                        observer.step(Step(t, *scheduled, firsts, finished, SCHEDULER))
+                        observer.step(Step(t, *scheduled, SCHEDULER))
             elif nxt < len(order):
                 with watchdog.idle():
                     sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
                 if observer is not None:
-                    observer.step(Step(clock(), 0, 0, 0, 0))
+                    observer.step(Step(clock(), 0, 0))
     except Exception as e:
         raise EngineFailed(f"the engine failed during the run: {e}") from e
     return [

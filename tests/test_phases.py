@@ -70,7 +70,7 @@ class Run:
         self.clock.now_s += seconds
         self.true_j[kind] += (self.fake.true_energy_mj(0) - before) / 1000
         prefill, decode = TOKENS[kind]
-        self.log.step(Step(self.clock.now_s, prefill, decode, 0, 0, "scheduler"))
+        self.log.step(Step(self.clock.now_s, prefill, decode, "scheduler"))
 
     def split(self) -> PhaseSplit:
         result = split_phases(self.log.steps, self.log.reads, self.start_s)
@@ -180,12 +180,12 @@ def test_a_log_without_a_counter_keeps_no_reads() -> None:
     fake = FakeNvml(gpus=2, energy_counter=False)
     log = CounterLog(NvmlSession(fake).gpus)
     log.start()
-    log.step(Step(1.0, 10, 0, 1, 0))
+    log.step(Step(1.0, 10, 0))
     assert log.reads == [] and len(log.steps) == 1
 
 
 def test_steps_are_sorted_into_kinds_by_the_tokens_they_scheduled() -> None:
-    assert [kind_of(Step(0.0, p, d, 0, 0)) for p, d in [(5, 0), (0, 3), (5, 3), (0, 0)]] == [
+    assert [kind_of(Step(0.0, p, d)) for p, d in [(5, 0), (0, 3), (5, 3), (0, 0)]] == [
         "prefill",
         "decode",
         "mixed",

@@ -47,7 +47,6 @@ def test_every_step_is_told_with_the_tokens_the_scheduler_gave(vllm_imported: No
         (0, 1),
         (0, 1),
     ]
-    assert [(s.first_tokens, s.finished) for s in seen] == [(2, 0), (0, 0), (0, 2), (1, 0), (0, 0), (0, 1)]
     assert {s.tokens_from for s in seen} == {SCHEDULER}
     # The stamps and the step ends are the same clock values: counter reads line up.
     assert {t for r in records for t in r.token_s} == {s.end_s for s in seen}
