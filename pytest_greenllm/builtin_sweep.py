@@ -28,6 +28,10 @@ def test_energy_knob_point(
     assert len(greenllm_result.repeats) == greenllm_settings.repeats
     for repeat in greenllm_result.repeats:
         metrics = repeat.metrics
+        # Failed requests are in the point's record (and its goodput); the point fails.
+        assert metrics.failed == 0, (
+            f"{metrics.failed} of {metrics.requests} requests failed: {'; '.join(metrics.errors)}"
+        )
         # A short window ran the requests again, back to back: every pass completely.
         assert metrics.requests == expected_requests * repeat.passes
         if not greenllm_point.workload.replay:

@@ -23,6 +23,7 @@ class RequestRecord:
     send_s: float  # when it was handed to the engine
     token_s: tuple[float, ...]  # arrival of each output token
     prompt_tokens: int
+    error: str | None = None  # why it failed (a server's error, a timeout); None: completed
 
     @property
     def output_tokens(self) -> int:
@@ -79,6 +80,8 @@ class RunMetrics:
     request_ttft_ms: tuple[float, ...] = ()
     request_tpot_ms: tuple[float | None, ...] = ()  # None for one-token outputs
     request_e2el_ms: tuple[float, ...] = ()
+    failed: int = 0  # requests that did not complete; the figures above leave them out
+    errors: tuple[str, ...] = ()  # the distinct reasons, the first few
 
 
 def steady_state(records: Sequence[RequestRecord], batch: int, start_s: float) -> SteadyState | None:
@@ -98,11 +101,19 @@ def steady_state(records: Sequence[RequestRecord], batch: int, start_s: float) -
     return SteadyState(full_at - start_s, drain_at - start_s, tokens)
 
 
+# How many distinct failure reasons a run keeps: enough to tell one cause from several.
+MAX_ERRORS = 5
+
+
 def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
-    """The figures of one run; ``batch`` is the engine's concurrency limit."""
+    """The figures of one run; ``batch`` is the engine's concurrency limit. Failed requests
+    are counted, and left out of every figure, as ``vllm bench serve`` does."""
     if not records:
         raise ValueError("a run without requests has no metrics")
+    failed = [r for r in records if r.error is not None]
+    errors = tuple(dict.fromkeys(r.error for r in failed if r.error is not None))[:MAX_ERRORS]
     start = min(r.send_s for r in records)
+    records = [r for r in records if r.error is None]
     end = max((r.token_s[-1] for r in records if r.token_s), default=start)
     duration = end - start
     ttft: list[float] = []
@@ -122,7 +133,7 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
     output = sum(r.output_tokens for r in records)
     per_s = 1 / duration if duration > 0 else float("nan")
     return RunMetrics(
-        requests=len(records),
+        requests=len(records) + len(failed),
         prompt_tokens=prompt,
         output_tokens=output,
         duration_s=duration,
@@ -137,6 +148,8 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
         request_ttft_ms=tuple(ttft),
         request_tpot_ms=tuple(tpot),
         request_e2el_ms=tuple(e2el),
+        failed=len(failed),
+        errors=errors,
     )
 
 

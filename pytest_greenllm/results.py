@@ -40,8 +40,10 @@ class Results:
         tpot: list[float | None] = []
         e2el: list[float] = []
         duration = 0.0
+        requests = 0
         energy: float | None = 0.0
         for repeat in record.repeats:
+            requests += repeat.metrics.requests
             ttft += repeat.metrics.request_ttft_ms
             tpot += repeat.metrics.request_tpot_ms
             e2el += repeat.metrics.request_e2el_ms
@@ -50,7 +52,7 @@ class Results:
         return Verdicts(
             tuple(slo_violations(record.summary, slo)),
             tuple(self._regressions(record)),
-            goodput(ttft, tpot, e2el, duration, slo, energy),
+            goodput(ttft, tpot, e2el, duration, slo, energy, requests),
         )
 
     def _regressions(self, record: PointRecord) -> list[Regression]:

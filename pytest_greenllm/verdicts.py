@@ -159,9 +159,12 @@ def goodput(
     duration_s: float,
     slo: Slo,
     energy_j: float | None,
+    requests: int | None = None,
 ) -> Goodput:
     """A request is good when its TTFT, TPOT and E2EL are within the SLO's limits (the p99
-    limits applied to each request, as `vllm bench serve --goodput` does)."""
+    limits applied to each request, as `vllm bench serve --goodput` does). The latencies
+    are the completed requests'; ``requests`` counts the failed ones too (default: none
+    failed), which are never good."""
     good = 0
     for ttft, tpot, e2el in zip(ttft_ms, tpot_ms, e2el_ms):
         ok = slo.ttft_p99_ms is None or ttft <= slo.ttft_p99_ms
@@ -171,7 +174,7 @@ def goodput(
     per_s = good / duration_s if duration_s > 0 else math.nan
     per_good = energy_j / good if energy_j is not None and good else None
     per_kj = good / (energy_j / 1000) if energy_j else None
-    return Goodput(good, len(ttft_ms), per_s, per_good, per_kj)
+    return Goodput(good, len(ttft_ms) if requests is None else requests, per_s, per_good, per_kj)
 
 
 @dataclass(frozen=True)

@@ -250,3 +250,32 @@ def test_energy_adds_up_over_a_split(timeline: list[tuple[float, float]], fracti
     assert whole == pytest.approx(left + right, rel=1e-9, abs=1e-6)
     watts = [w for _, w in timeline]
     assert le(min(watts) * (c - a), whole) and le(whole, max(watts) * (c - a))
+
+
+@given(runs, st.data())
+def test_failed_requests_are_counted_and_left_out_of_every_figure(
+    records: list[RequestRecord], data: st.DataObject
+) -> None:
+    """A failed request (a server's error, a timeout) is counted, as `vllm bench serve`
+    counts it, and its partial stamps change no latency or throughput."""
+    reasons = st.sampled_from(["HTTP 500: boom", "timed out after 600 s"])
+    failures = data.draw(
+        st.lists(st.builds(RequestRecord, st.floats(0, 1), st.just((0.5,)), st.just(3), reasons))
+    )
+    mixed = list(records) + failures
+    m, clean = run_metrics(mixed, batch=4), run_metrics(records, batch=4)
+    assert m.requests == len(records) + len(failures) and m.failed == len(failures)
+    assert set(m.errors) == {f.error for f in failures}
+    assert m.output_tokens == clean.output_tokens
+    assert same_stat(m.ttft_ms, clean.ttft_ms) and same_stat(m.e2el_ms, clean.e2el_ms)
+    # Throughput over the run's whole span: a failure that was sent first widens it.
+    start = min(r.send_s for r in mixed)
+    end = max(r.token_s[-1] for r in records)
+    assert m.request_throughput == pytest.approx(len(records) / (end - start))
+
+
+def test_a_run_whose_every_request_failed_has_counts_and_no_figures() -> None:
+    failed = [RequestRecord(0.0, (), 3, "connection refused")] * 2
+    m = run_metrics(failed, batch=2)
+    assert (m.requests, m.failed, m.errors, m.output_tokens) == (2, 2, ("connection refused",), 0)
+    assert math.isnan(m.ttft_ms.p99) and m.steady is None

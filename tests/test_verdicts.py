@@ -153,6 +153,11 @@ def test_goodput_counts_requests_within_every_limit() -> None:
     assert good.j_per_good_request == 100.0
     assert goodput(ttft, tpot, e2el, 2.0, Slo(), None).good_requests == 6
     assert goodput(ttft, tpot, e2el, 2.0, Slo(), None).j_per_good_request is None
+    # 3 good requests on 300 J is 10 per kJ.
+    assert good.good_requests_per_kj == 10.0
+    # Two more requests failed: they count, and are not good.
+    with_failures = goodput(ttft, tpot, e2el, 2.0, slo, 300.0, requests=8)
+    assert (with_failures.good_requests, with_failures.requests, with_failures.share) == (3, 8, 3 / 8)
 
 
 def test_goodput_with_no_good_or_no_requests() -> None:
