@@ -135,6 +135,17 @@ def parse_device(raw: Raw) -> str:
     return kind
 
 
+MODES = ("offline", "serve")
+
+
+def parse_mode(raw: Raw) -> str:
+    """offline or serve."""
+    mode = raw.text.strip().lower()
+    if mode not in MODES:
+        raise raw.error(f"unknown mode; use {' or '.join(MODES)}")
+    return mode
+
+
 def parse_model(raw: Raw) -> ModelInfo:
     """'embedded', a local model directory or a hub id."""
     try:
@@ -312,6 +323,7 @@ class Settings:
     workloads: tuple[Workload, ...]
     model: ModelInfo
     device: str
+    mode: str  # offline (vllm.LLM in process) or serve (vLLM's OpenAI-compatible server)
     repeats: int
     requests: int | None  # None: 'auto', see workloads.request_count
     seed: int
@@ -372,6 +384,7 @@ class Settings:
             workloads=workloads,
             model=parse_model(raw["model"]),
             device=parse_device(raw["device"]),
+            mode=parse_mode(raw["mode"]),
             repeats=parse_positive_int(raw["repeats"], "the repeat count"),
             requests=parse_requests(raw["requests"]),
             seed=parse_seed(raw["seed"]),

@@ -80,6 +80,14 @@ OPTIONS: tuple[KnobOption, ...] = (
         "auto",
         "Energy meter and clock control: auto, nvml, rapl, fake or none.",
     ),
+    KnobOption(
+        "mode",
+        "MODE",
+        "offline",
+        "How requests reach vLLM: 'offline' steps its in-process engine (vllm.LLM); 'serve' "
+        "starts its OpenAI-compatible server for each engine configuration and streams the "
+        "requests over HTTP, at most batch-size in flight.",
+    ),
     KnobOption("repeats", "N", "1", "Runs of every knob point."),
     KnobOption(
         "requests",

@@ -24,6 +24,7 @@ from pytest_greenllm.options import (
     PYTEST_PREFIX,
     add_knob_options,
 )
+from pytest_greenllm.results import AUTOSAVE_DIR
 from pytest_greenllm.session import MARKER, SKIP_REASON, GreenLLMSession, session_key
 from pytest_greenllm.sweep import prepare_sweep
 
@@ -83,6 +84,14 @@ def pytest_greenllm_make_backend(config: pytest.Config, settings: Settings) -> B
 
 @pytest.hookimpl(trylast=True)
 def pytest_greenllm_make_driver(config: pytest.Config, settings: Settings) -> Driver:
+    if settings.mode == "serve":
+        from pytest_greenllm.serve_driver import VllmServeDriver
+
+        # The servers' logs go beside the report.
+        reports = (
+            settings.json_path.parent if settings.json_path is not None else config.rootpath / AUTOSAVE_DIR
+        )
+        return VllmServeDriver(log_dir=reports.resolve())
     from pytest_greenllm.engine import VllmOfflineDriver
 
     return VllmOfflineDriver(stall_timeout_s=settings.stall_timeout_s)

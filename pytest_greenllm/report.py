@@ -32,7 +32,9 @@ from pytest_greenllm.record import (
 
 JOURNAL_SCHEMA = "pytest-greenllm journal"
 # Fingerprint fields whose difference changes energy: comparing across them is refused.
-ENERGY_FIELDS = ("device", "gpu_model", "gpu_count", "power_limit_w", "model")
+ENERGY_FIELDS = ("device", "gpu_model", "gpu_count", "power_limit_w", "model", "mode")
+# What a fingerprint written before a field existed meant by its absence.
+UNRECORDED = {"mode": "offline"}
 
 
 class ReportError(HintedError, ValueError):
@@ -94,9 +96,10 @@ def machine_info(backend: Backend) -> dict[str, Any]:
 
 
 def fingerprint(
-    backend: Backend, machine: Mapping[str, Any], model: str, meter_method: str | None
+    backend: Backend, machine: Mapping[str, Any], model: str, meter_method: str | None, mode: str = "offline"
 ) -> dict[str, Any]:
-    """What makes two reports' energy comparable."""
+    """What makes two reports' energy comparable; ``mode`` is how requests reached vLLM
+    (a server's HTTP and detokenisation cost energy the offline engine does not)."""
     gpus = machine["gpus"]
     limits = sorted({g["power_limit_w"] for g in gpus})
     return {
@@ -109,6 +112,7 @@ def fingerprint(
         "vllm": machine["vllm"],
         "torch": machine["torch"],
         "model": model,
+        "mode": mode,
         "meter_method": meter_method,
     }
 
@@ -118,8 +122,9 @@ def fingerprint_differences(base: Mapping[str, Any], head: Mapping[str, Any]) ->
     energy: list[str] = []
     other: list[str] = []
     for key in sorted(set(base) | set(head)):
-        if base.get(key) != head.get(key):
-            line = f"{key}: {base.get(key)!r} -> {head.get(key)!r}"
+        before, after = base.get(key, UNRECORDED.get(key)), head.get(key, UNRECORDED.get(key))
+        if before != after:
+            line = f"{key}: {before!r} -> {after!r}"
             (energy if key in ENERGY_FIELDS else other).append(line)
     return energy, other
 

@@ -38,6 +38,7 @@ class ReportContext:
 def settings_record(settings: Settings) -> dict[str, Any]:
     """The settings a report keeps, for reading it later."""
     return {
+        "mode": settings.mode,
         "seed": settings.seed,
         "repeats": settings.repeats,
         "requests": settings.requests,

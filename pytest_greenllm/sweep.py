@@ -118,7 +118,7 @@ def prepare_reports(
             raise SetupError(f"cannot write in {directory} ({why})", hint)
     machine = machine_info(backend)
     git = git_info(root)
-    print_ = fingerprint(backend, machine, settings.model.name, None)
+    print_ = fingerprint(backend, machine, settings.model.name, None, settings.mode)
     journal = Journal(journal_file, print_)
     notes: list[str] = []
     results = Results(settings, journal, default_slos_apply=bool(backend.gpus))

@@ -14,6 +14,7 @@ from pytest_greenllm.config import (
     parse_device,
     parse_freqs,
     parse_json_path,
+    parse_mode,
     parse_model,
     parse_positive_ints,
     parse_power_limits,
@@ -110,6 +111,17 @@ def test_parse_seed() -> None:
 @pytest.mark.parametrize("kind", ["auto", "nvml", "rapl", "fake", "none", "FAKE"])
 def test_parse_device_accepts(kind: str) -> None:
     assert parse_device(raw("device", kind)) == kind.lower()
+
+
+@pytest.mark.parametrize(("text", "mode"), [("offline", "offline"), ("SERVE", "serve"), (" serve ", "serve")])
+def test_parse_mode_accepts(text: str, mode: str) -> None:
+    assert parse_mode(raw("mode", text)) == mode
+
+
+def test_parse_mode_rejects() -> None:
+    with pytest.raises(pytest.UsageError) as info:
+        parse_mode(raw("mode", "online"))
+    assert str(info.value) == "--greenllm-mode=online: unknown mode; use offline or serve"
 
 
 def test_parse_device_rejects() -> None:

@@ -465,3 +465,10 @@ def test_summarise_means_over_repeats_and_keeps_the_repeat_lists() -> None:
     unmetered = PointRecord.of(result(RepeatResult(run(20.0), None))).summary
     assert unmetered.j_per_output_token is None is unmetered.avg_power_w
     assert unmetered.j_per_output_token_repeats == () == unmetered.avg_power_w_repeats
+
+
+def test_a_fingerprint_without_a_mode_was_measured_offline() -> None:
+    # Reports written before serve mode existed measured the in-process engine.
+    assert fingerprint_differences(FINGERPRINT, {**FINGERPRINT, "mode": "offline"}) == ([], [])
+    energy, _ = fingerprint_differences(FINGERPRINT, {**FINGERPRINT, "mode": "serve"})
+    assert energy == ["mode: 'offline' -> 'serve'"]

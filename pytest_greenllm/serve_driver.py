@@ -1,0 +1,120 @@
+"""The serve driver: vLLM's OpenAI-compatible server, one subprocess per engine
+configuration, measured through a streaming HTTP client as users deploy it.
+
+The server's own costs (HTTP, detokenisation, scheduling under arrivals) are inside every
+figure, as in ``vllm bench serve``. Each request is a closed-loop client of the point: at
+most ``batch`` are in flight, which is also the server's ``max_num_seqs``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_greenllm.driver import EngineFailed, EngineSpec, StepObserver
+from pytest_greenllm.engine import WARMUP_OUTPUT_TOKENS, WARMUP_PROMPT, WARMUP_REQUESTS, cpu_environment
+from pytest_greenllm.knobs import EngineConfig, count_of
+from pytest_greenllm.metrics import RequestRecord
+from pytest_greenllm.serve_client import Endpoint, run_load
+from pytest_greenllm.server import ServerProcess, free_port, server_command
+from pytest_greenllm.workloads import RequestSpec
+
+# How long one request may take before it counts as failed (a hung server). Units: s.
+REQUEST_TIMEOUT_S = 600.0
+
+
+def cpu_build() -> bool:
+    """Whether the installed vLLM runs on the CPU (its server then needs the CPU settings)."""
+    from pytest_greenllm.engine import on_cpu
+
+    return on_cpu()
+
+
+def log_name(config: EngineConfig, start: int) -> str:
+    """The server log's file name: the configuration and the how-many-th start it was."""
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.model)
+    return f"server-{model}-tp{config.tp}-b{config.max_num_seqs}-{start}.log"
+
+
+@dataclass
+class VllmServeDriver:
+    """The :class:`~pytest_greenllm.driver.Driver` of vLLM's OpenAI-compatible server."""
+
+    log_dir: Path  # server logs go here, beside the report
+    health_timeout_s: float = 600.0
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    starts: int = 0
+    configs: set[EngineConfig] = field(default_factory=set)
+    logs: list[Path] = field(default_factory=list)
+    _spec: EngineSpec | None = None
+    _server: ServerProcess | None = None
+
+    def engine(self, spec: EngineSpec) -> ServerProcess:
+        """The live server for ``spec``, started (after stopping another's) if needed; a
+        server that died since is started afresh."""
+        if self._server is not None and spec == self._spec and self._server.alive():
+            return self._server
+        self.close()
+        cpu = cpu_build()
+        port = free_port()
+        self.starts += 1
+        self.configs.add(spec.config)
+        log = self.log_dir / log_name(spec.config, self.starts)
+        env = {**os.environ, **cpu_environment(spec.config.tp)} if cpu else None
+        server = ServerProcess(server_command(spec, port, cpu), port, log, env, self.health_timeout_s)
+        self.logs.append(log)
+        server.start()  # EngineFailed with the log's tail where it never becomes healthy
+        self._server, self._spec = server, spec
+        return server
+
+    def _endpoint(self, spec: EngineSpec) -> tuple[ServerProcess, Endpoint]:
+        server = self.engine(spec)
+        return server, Endpoint(server.url, spec.model.path)
+
+    def warm_up(self, spec: EngineSpec, tag: str) -> None:
+        warm = [RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)] * WARMUP_REQUESTS
+        self.run(spec, warm, [0.0] * len(warm), tag)
+
+    def run(
+        self,
+        spec: EngineSpec,
+        requests: Sequence[RequestSpec],
+        arrivals_s: Sequence[float],
+        tag: str,
+        observer: StepObserver | None = None,
+    ) -> list[RequestRecord]:
+        # The server names its own requests (tag unused), and its steps cannot be seen from
+        # here: observer hears of none, and the point has no prefill/decode split.
+        server, endpoint = self._endpoint(spec)
+        records = run_load(
+            endpoint,
+            requests,
+            arrivals_s,
+            concurrency=spec.config.max_num_seqs,
+            timeout_s=self.request_timeout_s,
+        )
+        if not server.alive():
+            # Its requests failed one by one; the point fails with why, and the next
+            # point gets a fresh server.
+            raise EngineFailed(
+                f"the vLLM server died during the run; the last lines of {server.log_path}:\n"
+                + server.log_tail()
+            )
+        return records
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        self._server = self._spec = None
+
+    def summary_lines(self, planned_configs: int) -> list[str]:
+        lines = [
+            f"{count_of(self.starts, 'vLLM server start')} for "
+            f"{count_of(len(self.configs), 'engine configuration')} measured ({planned_configs} planned)"
+        ]
+        if self.logs:
+            lines.append(f"server logs: {self.log_dir}")
+        return lines
