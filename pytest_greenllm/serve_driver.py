@@ -8,9 +8,8 @@ most ``batch`` are in flight, which is also the server's ``max_num_seqs``.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,9 @@ class VllmServeDriver:
     """The :class:`~pytest_greenllm.driver.Driver` of vLLM's OpenAI-compatible server."""
 
     log_dir: Path  # server logs go here, beside the report
+    # What starts a server for a configuration on a port (cpu: vLLM's CPU build); a test
+    # double starts a stand-in server through the same driver.
+    command: Callable[[EngineSpec, int, bool], list[str]] = server_command
     health_timeout_s: float = 600.0
     request_timeout_s: float = REQUEST_TIMEOUT_S
     starts: int = 0
@@ -63,8 +65,8 @@ class VllmServeDriver:
         self.starts += 1
         self.configs.add(spec.config)
         log = self.log_dir / log_name(spec.config, self.starts)
-        env = {**os.environ, **cpu_environment(spec.config.tp)} if cpu else None
-        server = ServerProcess(server_command(spec, port, cpu), port, log, env, self.health_timeout_s)
+        env = cpu_environment(spec.config.tp) if cpu else None  # on top of this environment
+        server = ServerProcess(self.command(spec, port, cpu), port, log, env, self.health_timeout_s)
         self.logs.append(log)
         server.start()  # EngineFailed with the log's tail where it never becomes healthy
         self._server, self._spec = server, spec
