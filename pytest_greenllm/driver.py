@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pytest_greenllm.knobs import EngineConfig
 from pytest_greenllm.metrics import RequestRecord
@@ -88,4 +88,14 @@ class Driver(Protocol):
     def summary_lines(self, planned_configs: int) -> list[str]:
         """What the terminal summary says of the engines: builds against the
         ``planned_configs`` engine configurations, memory returned after each shutdown."""
+        ...
+
+
+@runtime_checkable
+class ServesMetrics(Protocol):
+    """A driver whose engine exports Prometheus metrics (a served vLLM): the runner scrapes
+    them during each measured window (``scrape.Scraper``)."""
+
+    def metrics_url(self, spec: EngineSpec) -> str | None:
+        """The live engine's ``/metrics`` URL for ``spec``; None where it has none."""
         ...

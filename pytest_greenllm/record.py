@@ -32,6 +32,7 @@ import cattrs
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics
 from pytest_greenllm.phases import PhaseSplit
+from pytest_greenllm.scrape import ServerView
 from pytest_greenllm.verdicts import Goodput, Regression, Violation, regression
 
 SCHEMA = "pytest-greenllm report"
@@ -85,6 +86,7 @@ class RepeatResult:
     metrics: RunMetrics
     energy: EnergyFigures | None  # None where no meter measures
     passes: int = 1  # times the requests ran back to back in the window (min-window)
+    server: ServerView | None = None  # the server's own metrics over the window (serve mode)
 
 
 @dataclass(frozen=True)
@@ -286,11 +288,13 @@ def best_per_objective(
     points: Sequence[PointRecord],
 ) -> list[tuple[Objective, PointRecord | None]]:
     """The best of ``points`` for each objective (None where no point has the figure); the
-    first point wins a tie."""
+    first point wins a tie. A point some of whose requests failed is never the best: its
+    figures describe only the requests that completed."""
     out: list[tuple[Objective, PointRecord | None]] = []
+    complete = [p for p in points if not any(r.metrics.failed for r in p.repeats)]
     for objective in OBJECTIVES:
         metric = objective.metric
-        scored = [(value, p) for p in points if (value := metric.of(p.summary)) is not None]
+        scored = [(value, p) for p in complete if (value := metric.of(p.summary)) is not None]
         pick = min if metric.lower_is_better else max
         out.append((objective, pick(scored, key=lambda vp: vp[0])[1] if scored else None))
     return out

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.base import EnergySource
-from pytest_greenllm.driver import Driver, EngineFailed, EngineSpec
+from pytest_greenllm.driver import Driver, EngineFailed, EngineSpec, ServesMetrics
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter, WindowHandle, WindowResult
 from pytest_greenllm.metrics import RequestRecord, RunMetrics, energy_between_j, run_metrics
@@ -25,6 +25,7 @@ from pytest_greenllm.record import (
     PointResult,
     RepeatResult,
 )
+from pytest_greenllm.scrape import Scraper
 from pytest_greenllm.workloads import RequestSpec, build_requests, poisson_arrivals, request_count
 
 # A point's requests run again back to back until the window is long enough, at most this
@@ -149,7 +150,10 @@ def measure_point(
             log = CounterLog(list(meter.sources if sources is None else sources), meter.clock)
             min_window_s = meter.min_window_s
         window = meter.window(locked_clock_mhz, sources) if meter is not None else nullcontext(WindowHandle())
-        with window as handle:
+        url = driver.metrics_url(spec) if isinstance(driver, ServesMetrics) else None
+        clock = meter.clock if meter is not None else time.monotonic
+        scraper = Scraper(url, clock()) if url is not None else None
+        with window as handle, scraper if scraper is not None else nullcontext():
             passes = run_passes(driver, spec, requests, arrivals, f"{point.id}-r{index}", log, min_window_s)
         records = [r for records in passes for r in records]
         # Over every pass: the steady state is the first pass's, as the later ones start
@@ -160,7 +164,8 @@ def measure_point(
             energy = energy_figures(handle.result, metrics, min(r.send_s for r in records), log)
             if sources_note is not None:
                 energy = replace(energy, warnings=(*energy.warnings, sources_note))
-        repeats.append(RepeatResult(metrics, energy, len(passes)))
+        server = scraper.view() if scraper is not None else None
+        repeats.append(RepeatResult(metrics, energy, len(passes), server))
     return PointResult(point, locked_clock_mhz, tuple(repeats))
 
 

@@ -23,6 +23,9 @@ from pytest_greenllm.workloads import RequestSpec
 
 # How long one request may take before it counts as failed (a hung server). Units: s.
 REQUEST_TIMEOUT_S = 600.0
+# How long a server whose requests failed has to answer /health again before it counts as
+# dead: vLLM's API server drops its connections before its process exits. Units: s.
+DEATH_GRACE_S = 5.0
 
 
 def cpu_build() -> bool:
@@ -76,6 +79,10 @@ class VllmServeDriver:
         server = self.engine(spec)
         return server, Endpoint(server.url, spec.model.path)
 
+    def metrics_url(self, spec: EngineSpec) -> str | None:
+        """The live server's Prometheus metrics (the runner scrapes them while it measures)."""
+        return f"{self.engine(spec).url}/metrics"
+
     def warm_up(self, spec: EngineSpec, tag: str) -> None:
         warm = [RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)] * WARMUP_REQUESTS
         self.run(spec, warm, [0.0] * len(warm), tag)
@@ -98,11 +105,13 @@ class VllmServeDriver:
             concurrency=spec.config.max_num_seqs,
             timeout_s=self.request_timeout_s,
         )
-        if not server.alive():
-            # Its requests failed one by one; the point fails with why, and the next
-            # point gets a fresh server.
+        failed = any(r.error is not None for r in records)
+        if not server.alive() or (failed and not server.serving(DEATH_GRACE_S)):
+            # Its requests failed one by one; the point fails with why, and the next point
+            # gets a fresh server (the session closes this driver's).
+            what = "stopped answering" if server.alive() else "died"
             raise EngineFailed(
-                f"the vLLM server died during the run; the last lines of {server.log_path}:\n"
+                f"the vLLM server {what} during the run; the last lines of {server.log_path}:\n"
                 + server.log_tail()
             )
         return records

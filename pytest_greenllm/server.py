@@ -277,6 +277,19 @@ class ServerProcess:
         """Whether the server process runs."""
         return self._proc is not None and self._proc.poll() is None
 
+    def serving(self, within_s: float) -> bool:
+        """Whether the server runs and answers ``/health``, waiting up to ``within_s`` for
+        the answer: a server whose engine died drops its connections before its process has
+        exited."""
+        deadline = time.monotonic() + within_s
+        while self.alive():
+            if self._healthy():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_s)
+        return False
+
     def stop(self) -> None:
         """Stop the server and every process it spawned: SIGTERM to its group, SIGKILL after
         ``stop_timeout_s``. Idempotent."""
@@ -369,16 +382,19 @@ def _in_main_thread() -> bool:
 
 def _install() -> None:
     """Stop every live server at interpreter exit and on SIGINT/SIGTERM, then let the signal
-    act. Once, on the first start; the signal handlers on the first start in the main thread
-    (a start elsewhere has atexit only)."""
+    act. atexit once; the signal handlers on every start in the main thread where they are
+    not ours any more (a start elsewhere has atexit only)."""
     global _atexit_installed
     with _lock:
         if not _atexit_installed:
             atexit.register(_stop_all_quietly)
             _atexit_installed = True
-        if not _previous and _in_main_thread():
+        if _in_main_thread():
             for signum in _SIGNALS:
-                _previous[signum] = signal.signal(signum, _on_signal)
+                # Again where another handler took over since (the clock guard putting its
+                # own previous one back): it becomes the one to chain to.
+                if signal.getsignal(signum) is not _on_signal:
+                    _previous[signum] = signal.signal(signum, _on_signal)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from pytest_greenllm.record import (
     RepeatResult,
     Report,
     Verdicts,
+    best_per_objective,
     summarise,
 )
 from pytest_greenllm.report import (
@@ -472,3 +473,15 @@ def test_a_fingerprint_without_a_mode_was_measured_offline() -> None:
     assert fingerprint_differences(FINGERPRINT, {**FINGERPRINT, "mode": "offline"}) == ([], [])
     energy, _ = fingerprint_differences(FINGERPRINT, {**FINGERPRINT, "mode": "serve"})
     assert energy == ["mode: 'offline' -> 'serve'"]
+
+
+def test_a_point_with_failed_requests_is_never_the_best() -> None:
+    frugal, plain = point_named("frugal", watts=50.0), point_named("plain", watts=100.0)
+    # The frugal point's energy is that of the requests that completed: two of them failed.
+    broken = dataclasses.replace(
+        frugal.repeats[0], metrics=dataclasses.replace(frugal.repeats[0].metrics, failed=2)
+    )
+    failing = dataclasses.replace(frugal, repeats=(broken,))
+    assert {o.mark: p.id for o, p in best_per_objective([frugal, plain]) if p}["P"] == "frugal"
+    assert {o.mark: p.id for o, p in best_per_objective([failing, plain]) if p}["P"] == "plain"
+    assert all(p is None for _, p in best_per_objective([failing]))

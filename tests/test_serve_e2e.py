@@ -54,7 +54,17 @@ def test_serve_mode_sweeps_two_engine_configurations(pytester: pytest.Pytester) 
         assert metrics["output_tokens"] == metrics["requests"] * 16
         assert metrics["ttft_ms"]["p99"] > 0 and metrics["itl_ms"]["p99"] > 0
         assert metrics["output_throughput"] > 0 and energy["energy_j"] > 0
+        # The server's own view, scraped from /metrics through the window.
+        server = repeat["server"]
+        assert server["failed_scrapes"] == 0 and len(server["samples"]) >= 2
+        assert all(s["running"] is not None and s["kv_cache_usage"] is not None for s in server["samples"])
+        counted = dict(server["ttft_buckets"])["+Inf"]
+        assert counted == metrics["requests"], "the server saw every request of the window"
     # Each server's log is kept beside the report; no server outlives the run.
     logs = sorted(p.name for p in (pytester.path / "out").glob("server-*.log"))
     assert len(logs) == 2, logs
-    assert {p.pid for p in servers()} <= before
+    # (A server left behind is orphaned: its parent, the pytest run, is gone; another
+    # program's server started meanwhile still has its own.)
+    orphans = [p for p in servers() if p.pid not in before and not psutil.pid_exists(p.ppid())]
+    orphans += [p for p in servers() if p.pid not in before and p.ppid() == 1]
+    assert orphans == []
