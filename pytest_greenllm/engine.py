@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -297,7 +297,10 @@ def run_requests(
     An engine that dies or stalls (beyond what ``pace`` allows) fails the run with the cause.
     ``observer`` hears of every step and of every wait for an arrival.
     """
-    with library_warnings(), Watchdog(llm, pace or Pace()) as watchdog, SchedulerView(llm.llm_engine) as view:
+    # The engine's step details are read only for an observer: unobserved runs (warm-up,
+    # no meter) step the engine untouched.
+    scheduler = SchedulerView(llm.llm_engine) if observer is not None else nullcontext(None)
+    with library_warnings(), Watchdog(llm, pace or Pace()) as watchdog, scheduler as view:
         try:
             return _run(llm, requests, arrivals_s, tag, clock, sleep, watchdog, view, observer)
         except EngineFailed as e:
@@ -315,7 +318,7 @@ def _run(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     watchdog: Watchdog,
-    view: SchedulerView,
+    view: SchedulerView | None,
     observer: StepObserver | None,
 ) -> list[RequestRecord]:
     from vllm import SamplingParams
@@ -352,22 +355,10 @@ def _run(
                 outputs = engine.step()
                 t = clock()
                 watchdog.progress(t - before)
-                prefill = decode = 0
-                for output in outputs:
-                    tokens = len(output.outputs[0].token_ids)
-                    if not stamps[output.request_id] and tokens:
-                        # Without the scheduler's count: the prompt's prefill ends with the
-                        # first token (all of it is charged to this step).
-                        prefill += prompt_lengths[output.request_id]
-                        tokens -= 1
-                    decode += tokens
-                    stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
                 if observer is not None:
-                    scheduled = view.take()
-                    if scheduled is None:
-                        observer.step(Step(t, prefill, decode))
-                    else:
-                        observer.step(Step(t, *scheduled, SCHEDULER))
+                    observer.step(_step(t, outputs, stamps, prompt_lengths, view))
+                for output in outputs:
+                    stamps[output.request_id].extend([t] * len(output.outputs[0].token_ids))
             elif nxt < len(order):
                 with watchdog.idle():
                     sleep(max(0.0, start + arrivals_s[order[nxt]] - clock()))
@@ -379,6 +370,29 @@ def _run(
         RequestRecord(sent[rid], tuple(stamps[rid]), len(spec.prompt_token_ids))
         for rid, spec in zip(ids, requests)
     ]
+
+
+def _step(
+    t: float,
+    outputs: Sequence[Any],
+    stamps: dict[str, list[float]],
+    prompt_lengths: dict[str, int],
+    view: SchedulerView | None,
+) -> Step:
+    """The step that returned ``outputs`` at ``t`` (before they are stamped): the engine's
+    own token counts where it reports them, else counted from the outputs."""
+    scheduled = view.take() if view is not None else None
+    if scheduled is not None:
+        return Step(t, *scheduled, SCHEDULER)
+    prefill = decode = 0
+    for output in outputs:
+        tokens = len(output.outputs[0].token_ids)
+        if not stamps[output.request_id] and tokens:
+            # The prompt's prefill ends with the first token: all of it is charged here.
+            prefill += prompt_lengths[output.request_id]
+            tokens -= 1
+        decode += tokens
+    return Step(t, prefill, decode)
 
 
 def warm_up(llm: Any, tag: str, pace: Pace | None = None) -> None:
