@@ -22,7 +22,7 @@ from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_p
 from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
 from pytest_greenllm.doctor import diagnose
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
-from pytest_greenllm.hints import HintedError
+from pytest_greenllm.hints import CLI_PREFIX, HintedError
 from pytest_greenllm.history import DEFAULT_HISTORY, load_history
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.loads import CpuSpinLoad, Load, gpu_load
@@ -30,7 +30,7 @@ from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
 from pytest_greenllm.report import ReportError, load_report
-from pytest_greenllm.sweep import build_matrix, open_device
+from pytest_greenllm.sweep import build_matrix, open_setup
 from pytest_greenllm.tables import matrix_table
 from pytest_greenllm.verdicts import SloError, parse_slo
 
@@ -191,7 +191,7 @@ def _knobs(args: argparse.Namespace) -> int:
     ini_path, ini = find_ini(Path.cwd())
     cli = {option.dest: getattr(args, option.dest) for option in OPTIONS}
     settings = Settings.from_sources(True, cli, ini, "--")
-    backend = open_device(settings, lambda s: open_backend(s.device))
+    settings, backend, notes = open_setup(settings, lambda s: open_backend(s.device), CLI_PREFIX)
     try:
         matrix = build_matrix(settings, backend.capabilities)
     finally:
@@ -200,7 +200,7 @@ def _knobs(args: argparse.Namespace) -> int:
         print(f"ini file: {ini_path}")
     for line in matrix.header_lines():
         print(line)
-    for note in backend.notes:
+    for note in [*backend.notes, *notes]:
         print(f"greenllm: {note}")
     if matrix.points:
         print(matrix_table(matrix))

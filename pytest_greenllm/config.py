@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import pytest
 
+from pytest_greenllm.arrivals import CLOSED_LOOP, RATE_KINDS, Load
 from pytest_greenllm.devices.base import DEVICE_KINDS
 from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
-from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model
+from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model, unresolved_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, KnobOption
 from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
 from pytest_greenllm.verdicts import DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, parse_slo
@@ -30,6 +32,10 @@ from pytest_greenllm.workloads import (
     replay_workload,
 )
 
+T = TypeVar("T")
+ALL_DEVICES: Final = "all"
+# The devices an endpoint's energy is read from: CUDA indices, or every device ('all').
+EndpointGpus: TypeAlias = tuple[int, ...] | Literal["all"]
 MAX_CLOCK_MHZ: Final = 10_000
 # Far above any accelerator's limit: a larger value is a limit given in mW by mistake.
 MAX_POWER_LIMIT_W: Final = 10_000
@@ -146,6 +152,49 @@ def parse_mode(raw: Raw) -> str:
     return mode
 
 
+def parse_endpoint(raw: Raw) -> str | None:
+    """An http(s) URL of a server (its /v1 is the API's); empty for none."""
+    text = raw.text.strip()
+    if not text:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query:
+        raise raw.error("give the server's http:// or https:// URL, e.g. http://127.0.0.1:8000")
+    return text.rstrip("/").removesuffix("/v1")
+
+
+def parse_endpoint_gpus(raw: Raw) -> EndpointGpus:
+    """'none' (no energy), 'all', or CUDA indices, comma separated."""
+    text = raw.text.strip().lower()
+    if text == "none":
+        return ()
+    if text == "all":
+        return ALL_DEVICES
+    indices = []
+    for item in raw.items():
+        if not (item.isascii() and item.isdigit()):
+            raise raw.error(f"{item!r} is not a GPU index; give CUDA indices such as 0,1, 'all' or 'none'")
+        indices.append(int(item))
+    return tuple(dict.fromkeys(indices))
+
+
+def parse_mode_for(raw: Raw, endpoint: str | None, endpoint_raw: Raw) -> str:
+    """The mode; an endpoint is served, and measuring it offline is a contradiction."""
+    mode = parse_mode(raw)
+    if endpoint is not None and mode != "serve":
+        if raw.given:
+            raise pytest.UsageError(
+                f"{endpoint_raw.source} measures a running server, which {raw.source} cannot: "
+                f"drop {raw.flag_prefix}{raw.option.name}"
+            )
+        return "serve"
+    return mode
+
+
 def parse_model(raw: Raw) -> ModelInfo:
     """'embedded', a local model directory or a hub id."""
     try:
@@ -198,11 +247,25 @@ def parse_seconds(raw: Raw, what: str) -> float:
     return value
 
 
-def parse_rate(raw: Raw) -> float | None:
-    """'inf' (None: a closed batch) or requests per second > 0."""
-    if raw.text.strip().lower() == "inf":
-        return None
-    return parse_positive_float(raw, "the arrival rate ('inf' or requests/s)")
+def parse_rates(raw: Raw) -> tuple[float | None, ...]:
+    """'inf' (None: a closed loop) and requests per second > 0, comma separated, duplicates
+    dropped, order kept."""
+    rates: list[float | None] = []
+    for item in raw.items():
+        value = None if item.lower() == "inf" else _number(item)
+        if value is not None and not 0 < value < math.inf:
+            raise raw.error(f"{item!r} is not an arrival rate; give 'inf' or requests/s > 0, e.g. inf,2,8")
+        rates.append(value)
+    return tuple(dict.fromkeys(rates))
+
+
+def parse_loads(rates: Raw, single: Raw, arrivals: Raw) -> tuple[Load, ...]:
+    """The load axis: the rates (one point each), spaced as ``arrivals`` says."""
+    kind = arrivals.text.strip().lower()
+    if kind not in RATE_KINDS:
+        raise arrivals.error(f"unknown arrival process; use {' or '.join(RATE_KINDS)}")
+    values = parse_axis_or_one(rates, single, parse_rates, "the arrival rate", "inf", "R")
+    return tuple(CLOSED_LOOP if rate is None else Load(kind, rate) for rate in values)
 
 
 def parse_engine_args(raw: Raw) -> tuple[tuple[str, Any], ...]:
@@ -291,25 +354,30 @@ def parse_power_limits(raw: Raw) -> tuple[int | None, ...]:
     return tuple(dict.fromkeys(limits))
 
 
-def parse_power_limit_axis(limits: Raw, single: Raw) -> tuple[int | None, ...]:
-    """The power-limit axis: ``limits`` (power-limits), or the one value of ``single``
-    (power-limit), which may not be given beside it."""
-    axis = parse_power_limits(limits)
-    if single.text.strip().lower() == "default":
+def parse_axis_or_one(
+    many: Raw, one: Raw, parse: Callable[[Raw], tuple[T, ...]], what: str, leave: str, value: str
+) -> tuple[T, ...]:
+    """An axis from ``many``, or the one value of ``one`` (its flag at ``leave`` counts as
+    not given), which may not be given beside it. ``what`` names the knob in errors and
+    ``value`` stands for a value of it."""
+    axis = parse(many)
+    if one.text.strip().lower() == leave:
         return axis
-    if "," in single.text:
-        raise single.error(
-            f"give one power limit here; sweep several with {single.flag_prefix}{limits.option.name}"
-        )
-    value = parse_power_limits(single)
-    if limits.given:
-        prefix = single.flag_prefix
+    if "," in one.text:
+        noun = what.removeprefix("the ")
+        raise one.error(f"give one {noun} here; sweep several with {one.flag_prefix}{many.option.name}")
+    single = parse(one)
+    if many.given:
+        prefix = one.flag_prefix
         raise pytest.UsageError(
-            f"{single.source} and {limits.source} both set the power limit: give "
-            f"{prefix}{limits.option.name} alone ({prefix}{single.option.name}=W is "
-            f"{prefix}{limits.option.name}=W)"
+            f"{one.source} and {many.source} both set {what}: give {prefix}{many.option.name} "
+            f"alone ({prefix}{one.option.name}={value} is {prefix}{many.option.name}={value})"
         )
-    return value
+    return single
+
+
+def parse_time_scale(raw: Raw) -> float:
+    return parse_positive_float(raw, "the trace time scale")
 
 
 @dataclass(frozen=True)
@@ -324,6 +392,9 @@ class Settings:
     model: ModelInfo
     device: str
     mode: str  # offline (vllm.LLM in process) or serve (vLLM's OpenAI-compatible server)
+    endpoint: str | None  # a running server to measure (serve mode); None: greenllm starts vLLM
+    endpoint_model: str | None  # the model to ask the endpoint for; None: its only one
+    endpoint_gpus: EndpointGpus  # where the endpoint's energy is read; (): not measured
     repeats: int
     requests: int | None  # None: 'auto', see workloads.request_count
     seed: int
@@ -333,8 +404,9 @@ class Settings:
     min_window_s: float  # Units: s.
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
     power_limits_w: tuple[int | None, ...]  # the axis; None leaves the limit alone. Units: W.
+    loads: tuple[Load, ...]  # the load axis: how requests arrive
     stall_timeout_s: float | None  # None: from the engine's pace. Units: s.
-    rate: float | None  # Poisson arrivals per second; None: a closed batch. Units: 1/s.
+    trace_time_scale: float  # multiplies the trace's arrival offsets
     slos: tuple[tuple[str, Slo], ...]  # per workload name
     slos_given: bool  # set by the user, not only the defaults
     baseline_path: Path | None
@@ -376,15 +448,23 @@ class Settings:
         if trace is not None:
             buckets = {b.name: (b.input_tokens, b.output_tokens) for b in derive_buckets(trace)}
         workloads = parse_workloads(raw["workloads"], buckets, trace)
+        endpoint = parse_endpoint(raw["endpoint"])
+        endpoint_model = raw["model"].text.strip() if endpoint is not None and raw["model"].given else None
+        # An endpoint's model is the name it serves, which need not exist here: what it is
+        # comes from the endpoint when the sweep connects (endpoint.attach_endpoint).
+        model = parse_model(raw["model"]) if endpoint is None else unresolved_model(endpoint_model or "")
         return cls(
             enabled=enabled,
             freqs=parse_freqs(raw["freqs"]),
             tps=parse_positive_ints(raw["tp"], "tensor-parallel sizes"),
             batches=parse_positive_ints(raw["batch"], "batch sizes"),
             workloads=workloads,
-            model=parse_model(raw["model"]),
+            model=model,
             device=parse_device(raw["device"]),
-            mode=parse_mode(raw["mode"]),
+            mode=parse_mode_for(raw["mode"], endpoint, raw["endpoint"]),
+            endpoint=endpoint,
+            endpoint_model=endpoint_model,
+            endpoint_gpus=parse_endpoint_gpus(raw["endpoint-gpus"]),
             repeats=parse_positive_int(raw["repeats"], "the repeat count"),
             requests=parse_requests(raw["requests"]),
             seed=parse_seed(raw["seed"]),
@@ -393,9 +473,12 @@ class Settings:
             sample_hz=parse_positive_float(raw["sample-hz"], "the sampling rate"),
             min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),
-            power_limits_w=parse_power_limit_axis(raw["power-limits"], raw["power-limit"]),
+            power_limits_w=parse_axis_or_one(
+                raw["power-limits"], raw["power-limit"], parse_power_limits, "the power limit", "default", "W"
+            ),
+            loads=parse_loads(raw["rates"], raw["rate"], raw["arrivals"]),
             stall_timeout_s=parse_stall_timeout(raw["stall-timeout"]),
-            rate=parse_rate(raw["rate"]),
+            trace_time_scale=parse_time_scale(raw["trace-time-scale"]),
             slos=parse_slos(raw["slo"], workloads),
             slos_given=bool(raw["slo"].text.strip()),
             baseline_path=parse_existing_path(raw["baseline"]),

@@ -15,6 +15,7 @@ import csv
 import io
 from typing import Any
 
+from pytest_greenllm.arrivals import Load
 from pytest_greenllm.knobs import AXES, KnobPoint
 from pytest_greenllm.record import (
     AVG_POWER,
@@ -30,12 +31,10 @@ from pytest_greenllm.workloads import Workload
 
 SMALLER_IS_BETTER = (J_PER_TOKEN, AVG_POWER, TTFT_P99, TBT_P99)
 BIGGER_IS_BETTER = (OUTPUT_THROUGHPUT,)
-# One column per axis (the workload also gives its lengths), named as the report names it.
-AXIS_COLUMNS = tuple(
-    name
-    for axis in AXES
-    for name in ((axis.field, "input_tokens", "output_tokens") if axis.field == "workload" else (axis.field,))
-)
+# One column per axis, named as the report names it; the workload also gives its lengths,
+# the load its rate and time scale.
+_AXIS_PARTS = {"workload": ("input_tokens", "output_tokens"), "load": ("rate_per_s", "time_scale")}
+AXIS_COLUMNS = tuple(name for axis in AXES for name in (axis.field, *_AXIS_PARTS.get(axis.field, ())))
 CSV_COLUMNS = (
     "point",
     "model",
@@ -69,6 +68,8 @@ def _axis_cells(point: KnobPoint) -> list[object]:
         value = point.value(axis)
         if isinstance(value, Workload):
             cells += [value.name, value.input_tokens, value.output_tokens]
+        elif isinstance(value, Load):
+            cells += [value.kind, value.rate_per_s, value.time_scale]
         else:
             cells.append(value)
     return cells

@@ -1,5 +1,5 @@
-"""The knob matrix: every combination of TP, batch, power limit, clock and workload, minus the
-invalid ones.
+"""The knob matrix: every combination of TP, batch, power limit, clock, workload and load,
+minus the invalid ones.
 
 Points are ordered so that all points sharing an engine configuration (model, TP, batch
 limit) are adjacent: building a vLLM engine costs far more than changing the clock or the
@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from pytest_greenllm.arrivals import CLOSED_LOOP, TRACE, Load
 from pytest_greenllm.devices.base import Capabilities, nearest_clock
 from pytest_greenllm.model_info import ModelInfo
 from pytest_greenllm.workloads import Workload
@@ -56,6 +57,7 @@ class KnobPoint:
     freq_mhz: int | None  # locked SM clock; None leaves the clocks alone. Units: MHz.
     # Last, with a default: reports written before the axis existed have no such key.
     power_limit_w: int | None = None  # GPU power limit; None leaves it alone. Units: W.
+    load: Load = CLOSED_LOOP  # how the requests arrive
 
     @property
     def engine(self) -> EngineConfig:
@@ -71,9 +73,9 @@ class KnobPoint:
 
     @property
     def id(self) -> str:
-        """The test id, e.g. ``L-tp2-b16-1410MHz-pl300W``: each axis's fragment, in
-        ``ID_ORDER``; an axis at a value that adds nothing (the power limit left alone) is
-        left out, so that the ids of sweeps without it stay as they were."""
+        """The test id, e.g. ``L-poisson2rps-tp2-b16-1410MHz-pl300W``: each axis's fragment, in
+        ``ID_ORDER``; an axis at a value that adds nothing (the power limit left alone, the
+        closed loop) is left out, so that the ids of sweeps without it stay as they were."""
         fragments = (axis.fragment(self.value(axis)) for axis in ID_ORDER)
         return "-".join(fragment for fragment in fragments if fragment)
 
@@ -111,8 +113,8 @@ class Axis:
 
 
 # In sweep order: a new engine costs far more than a clock change, and a clock change may
-# wait for the GPU to cool, so engine axes are outermost and the workload innermost. The
-# power limit caps the clock, so each limit's clocks run together.
+# wait for the GPU to cool, so engine axes are outermost and the workload and its load
+# innermost. The power limit caps the clock, so each limit's clocks run together.
 AXES: tuple[Axis, ...] = (
     Axis("tp", "tp", "tps", "tp", lambda tp: f"tp{tp}", True),
     Axis("batch", "batch", "batches", "batch", lambda batch: f"b{batch}", True),
@@ -127,9 +129,10 @@ AXES: tuple[Axis, ...] = (
     ),
     Axis("freq_mhz", "freqs", "freqs", "clock", freq_label, False, freq_label),
     Axis("workload", "workloads", "workloads", "workload", lambda w: w.name, False, lambda w: w.name),
+    Axis("load", "rates", "loads", "load", lambda load: load.fragment, False, lambda load: load.label),
 )
 AXES_BY_FIELD = {axis.field: axis for axis in AXES}
-ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "tp", "batch", "freq_mhz", "power_limit_w"))
+ID_ORDER = tuple(AXES_BY_FIELD[f] for f in ("workload", "load", "tp", "batch", "freq_mhz", "power_limit_w"))
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class Matrix:
     removed: tuple[tuple[KnobPoint, str], ...]
     notes: tuple[str, ...]
     capabilities: Capabilities
+    endpoint: str | None = None  # a running server measured: no engine is built
 
     @property
     def engine_configs(self) -> tuple[EngineConfig, ...]:
@@ -166,9 +170,13 @@ class Matrix:
 
     def header_lines(self) -> list[str]:
         """What the session header and ``greenllm knobs`` say about the matrix."""
+        engines = (
+            count_of(len(self.engine_configs), "engine build")
+            if self.endpoint is None
+            else f"no engine build (endpoint {self.endpoint})"
+        )
         lines = [
-            f"greenllm: {count_of(len(self.points), 'point')}, "
-            f"{count_of(len(self.engine_configs), 'engine build')}, "
+            f"greenllm: {count_of(len(self.points), 'point')}, {engines}, "
             f"device={self.capabilities.kind} ({self.capabilities.accelerator})"
         ]
         lines.extend(f"greenllm: {note}" for note in self.notes)
@@ -260,22 +268,33 @@ def expand(
     freqs: FreqRequest,
     power_limits_w: Sequence[int | None],
     caps: Capabilities,
+    loads: Sequence[Load] = (CLOSED_LOOP,),
+    trace_time_scale: float = 1.0,
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
 ) -> Matrix:
-    """The cartesian product of the knobs, grouped by engine, invalid points set aside."""
+    """The cartesian product of the knobs, grouped by engine, invalid points set aside. A
+    trace workload replays its own arrivals (at ``trace_time_scale``) whatever ``loads``."""
     clocks = resolve_freqs(freqs, caps)
     limits = resolve_power_limits(power_limits_w, caps)
-    points: list[KnobPoint] = []
-    removed: list[tuple[KnobPoint, str]] = []
+    notes = clocks.notes + limits.notes
+    if len(loads) > 1 and any(w.replay for w in workloads):
+        notes += (
+            "the trace workload replays its own arrivals: one point per configuration, whatever the rates",
+        )
+    points: dict[KnobPoint, None] = {}
+    removed: dict[tuple[KnobPoint, str], None] = {}
     values: dict[str, Sequence[Any]] = {
         "tp": tps,
         "batch": batches,
         "power_limit_w": limits.limits_w,
         "freq_mhz": clocks.freqs,
         "workload": workloads,
+        "load": loads,
     }
     for combination in itertools.product(*(values[a.field] for a in AXES)):
         fields: dict[str, Any] = dict(zip((a.field for a in AXES), combination))
+        if fields["workload"].replay:
+            fields["load"] = Load(TRACE, time_scale=trace_time_scale)
         point = KnobPoint(model.name, **fields)
         problems = point_problems(point, caps, model)
         if point.freq_mhz in clocks.unsupported:
@@ -283,11 +302,12 @@ def expand(
         if point.power_limit_w in limits.unsupported:
             problems.append(limits.unsupported[point.power_limit_w])
         problems.extend(extra_problems(point))
+        # dicts, not lists: the trace's points repeat once per load.
         if problems:
-            removed.append((point, "; ".join(problems)))
+            removed[point, "; ".join(problems)] = None
         else:
-            points.append(point)
-    return Matrix(tuple(points), tuple(removed), clocks.notes + limits.notes, caps)
+            points[point] = None
+    return Matrix(tuple(points), tuple(removed), notes, caps)
 
 
 def group_by_engine(items: Sequence[T], key: Callable[[T], Hashable | None]) -> list[T]:

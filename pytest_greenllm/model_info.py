@@ -54,6 +54,11 @@ def _int_or_none(config: dict[str, object], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def unresolved_model(name: str, max_context_tokens: int | None = None) -> ModelInfo:
+    """A model known by name only (a hub id, a served model): its limits are unknown."""
+    return ModelInfo(name, name, False, None, None, max_context_tokens, None)
+
+
 def resolve_model(name: str) -> ModelInfo:
     """Describe ``name``: 'embedded', a local model directory, or a hub id (limits unknown)."""
     if name == EMBEDDED:
@@ -65,7 +70,7 @@ def resolve_model(name: str) -> ModelInfo:
     elif name.startswith((".", "/", "~")):
         raise ModelError(f"{name} does not exist; give an existing model directory or a hub id")
     else:
-        return ModelInfo(name, name, False, None, None, None, None)
+        return unresolved_model(name)
     config = _read_config(directory)
     heads = _int_or_none(config, "num_attention_heads")
     kv_heads = _int_or_none(config, "num_key_value_heads") or heads

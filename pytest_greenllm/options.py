@@ -88,6 +88,23 @@ OPTIONS: tuple[KnobOption, ...] = (
         "starts its OpenAI-compatible server for each engine configuration and streams the "
         "requests over HTTP, at most batch-size in flight.",
     ),
+    KnobOption(
+        "endpoint",
+        "URL",
+        "",
+        "Measure an OpenAI-compatible server that runs already (vLLM, SGLang, TGI), e.g. "
+        "http://127.0.0.1:8000, instead of starting vLLM: --greenllm-model names the model "
+        "it serves (default: its only one), TP and max_num_seqs are the server's own, and "
+        "the batch size is the client's concurrency.",
+    ),
+    KnobOption(
+        "endpoint-gpus",
+        "N,...",
+        "none",
+        "The local GPUs the --greenllm-endpoint server runs on, by CUDA index: their energy "
+        "is measured and their clocks and power limits swept; 'all' for every device the "
+        "meter has; 'none' measures latency only.",
+    ),
     KnobOption("repeats", "N", "1", "Runs of every knob point."),
     KnobOption(
         "requests",
@@ -96,11 +113,32 @@ OPTIONS: tuple[KnobOption, ...] = (
         "Requests per knob point; 'auto' is twice the batch size, at least 8.",
     ),
     KnobOption(
+        "rates",
+        "REQ/S,...",
+        "inf",
+        "Arrival rates to sweep, one point per rate: 'inf' sends every request at once "
+        "(a closed loop); a number sends that many requests/s, spaced as "
+        "--greenllm-arrivals says. Either way at most batch-size requests are in flight.",
+    ),
+    KnobOption(
         "rate",
         "REQ/S",
         "inf",
-        "Arrival rate: 'inf' sends every request at once (closed batch, the batch size "
-        "bounds concurrency); a number sends Poisson arrivals at that many requests/s.",
+        "One arrival rate: rates with a single value; give one or the other.",
+    ),
+    KnobOption(
+        "arrivals",
+        "KIND",
+        "poisson",
+        "How requests at a finite rate are spaced: 'poisson' (exponential gaps, as vllm "
+        "bench serve) or 'constant' (equal gaps).",
+    ),
+    KnobOption(
+        "trace-time-scale",
+        "FACTOR",
+        "1",
+        "The trace workload's recorded arrival times are multiplied by FACTOR: 0.5 replays "
+        "the trace twice as fast, 2 half as fast.",
     ),
     KnobOption(
         "engine-arg",

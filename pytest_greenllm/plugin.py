@@ -84,6 +84,11 @@ def pytest_greenllm_make_backend(config: pytest.Config, settings: Settings) -> B
 
 @pytest.hookimpl(trylast=True)
 def pytest_greenllm_make_driver(config: pytest.Config, settings: Settings) -> Driver:
+    if settings.endpoint is not None:
+        from pytest_greenllm.serve_client import Endpoint
+        from pytest_greenllm.serve_driver import EndpointDriver
+
+        return EndpointDriver(Endpoint(settings.endpoint, settings.model.path))
     if settings.mode == "serve":
         from pytest_greenllm.serve_driver import VllmServeDriver
 
@@ -126,6 +131,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except HintedError as e:
         raise pytest.UsageError(render_error(e, PYTEST_PREFIX)) from None
+    # What the sweep measures: an endpoint's model and collapsed axes, once connected.
+    settings = config.stash[settings_key] = sweep.settings
     try:
         driver: Driver = config.hook.pytest_greenllm_make_driver(config=config, settings=settings)
     except HintedError as e:

@@ -87,6 +87,7 @@ class RepeatResult:
     energy: EnergyFigures | None  # None where no meter measures
     passes: int = 1  # times the requests ran back to back in the window (min-window)
     server: ServerView | None = None  # the server's own metrics over the window (serve mode)
+    unforced: int = 0  # completed requests whose output length was not the one forced
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,11 @@ class PointRecord:
     @property
     def regressed(self) -> bool:
         return self.verdicts is not None and self.verdicts.regressed
+
+    @property
+    def unforced(self) -> int:
+        """Requests, over every repeat, whose output was not of the forced length."""
+        return sum(repeat.unforced for repeat in self.repeats)
 
     def to_json(self) -> JsonObject:
         """The point as the report and the journal store it."""

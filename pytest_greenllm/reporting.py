@@ -39,10 +39,11 @@ def settings_record(settings: Settings) -> dict[str, Any]:
     """The settings a report keeps, for reading it later."""
     return {
         "mode": settings.mode,
+        "endpoint": settings.endpoint,
         "seed": settings.seed,
         "repeats": settings.repeats,
         "requests": settings.requests,
-        "rate": settings.rate,
+        "trace_time_scale": settings.trace_time_scale,
         "model": settings.model.name,
         "slos": {name: dataclasses.asdict(slo) for name, slo in settings.slos},
         "energy_tolerance": settings.energy_tolerance,

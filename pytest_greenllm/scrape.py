@@ -71,6 +71,16 @@ def parse(text: str) -> _Scrape:
     return _Scrape(values, buckets)
 
 
+def exports_metrics(url: str) -> bool:
+    """Whether ``url`` answers with Prometheus text (a server without metrics answers 404)."""
+    try:
+        with urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as response:
+            parse(response.read().decode())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _window_buckets(first: _Scrape, last: _Scrape, name: str) -> tuple[tuple[str, float], ...]:
     start, end = first.buckets[name], last.buckets[name]
     return tuple((le, end[le] - start.get(le, 0.0)) for le in end)

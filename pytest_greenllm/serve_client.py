@@ -294,8 +294,8 @@ def run_load(
     return asyncio.run(_load(endpoint, requests, arrivals_s, concurrency, timeout_s, clock))
 
 
-async def served_models(endpoint: Endpoint, timeout_s: float = 10.0) -> list[str]:
-    """The ids of the models ``endpoint`` lists; raises EndpointError saying why it cannot tell."""
+async def _model_list(endpoint: Endpoint, timeout_s: float) -> list[dict[str, Any]]:
+    """The entries of ``/v1/models``; raises EndpointError saying why it cannot tell."""
     url = endpoint.api("models")
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
@@ -312,20 +312,36 @@ async def served_models(endpoint: Endpoint, timeout_s: float = 10.0) -> list[str
         raise EndpointError(_describe(exc, url, timeout_s)) from exc
     try:
         data = json.loads(text)["data"]
-        return [str(model["id"]) for model in data]
+        if not all(isinstance(model, dict) and "id" in model for model in data):
+            raise TypeError("a model without an id")
+        return list(data)
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise EndpointError(f"{url} answered no model list: {_line(text)}") from exc
+
+
+def connect(url: str, model: str | None, timeout_s: float = 10.0) -> tuple[Endpoint, int | None]:
+    """The server at ``url`` and the model to ask it for (``model``, or the only one it
+    serves), with the context length it says that model has (vLLM lists ``max_model_len``;
+    None where it does not). Raises EndpointError with one line that says why not."""
+    models = asyncio.run(_model_list(Endpoint(url, model or ""), timeout_s))
+    ids = [str(entry["id"]) for entry in models]
+    if model is None:
+        if len(ids) != 1:
+            raise EndpointError(
+                f"{url} serves {len(ids)} models ({', '.join(ids) or 'none'}); name the one to measure"
+            )
+        model = ids[0]
+    elif model not in ids:
+        raise EndpointError(f"{url} does not serve model {model}; it serves {', '.join(ids) or 'no model'}")
+    entry = models[ids.index(model)]
+    length = entry.get("max_model_len")
+    return Endpoint(url, model), length if isinstance(length, int) and not isinstance(length, bool) else None
 
 
 def probe(endpoint: Endpoint, timeout_s: float = 10.0) -> str | None:
     """None if ``endpoint`` answers and serves its model; else one line that says why not."""
     try:
-        served = asyncio.run(served_models(endpoint, timeout_s))
+        connect(endpoint.url, endpoint.model, timeout_s)
     except EndpointError as exc:
         return str(exc)
-    if endpoint.model in served:
-        return None
-    return (
-        f"{endpoint.url} does not serve model {endpoint.model}; "
-        f"it serves {', '.join(served) if served else 'no model'}"
-    )
+    return None

@@ -1,9 +1,10 @@
-"""The serve driver: vLLM's OpenAI-compatible server, one subprocess per engine
-configuration, measured through a streaming HTTP client as users deploy it.
+"""The serve drivers: vLLM's OpenAI-compatible server, one subprocess per engine
+configuration, or any OpenAI-compatible server that runs already (``--greenllm-endpoint``),
+measured through a streaming HTTP client as users deploy it.
 
 The server's own costs (HTTP, detokenisation, scheduling under arrivals) are inside every
-figure, as in ``vllm bench serve``. Each request is a closed-loop client of the point: at
-most ``batch`` are in flight, which is also the server's ``max_num_seqs``.
+figure, as in ``vllm bench serve``. At most ``batch`` requests of a point are in flight:
+the client's concurrency, and the server's ``max_num_seqs`` where greenllm starts it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pytest_greenllm.driver import EngineFailed, EngineSpec, StepObserver
 from pytest_greenllm.engine import WARMUP_OUTPUT_TOKENS, WARMUP_PROMPT, WARMUP_REQUESTS, cpu_environment
 from pytest_greenllm.knobs import EngineConfig, count_of
 from pytest_greenllm.metrics import RequestRecord
-from pytest_greenllm.serve_client import Endpoint, run_load
+from pytest_greenllm.scrape import exports_metrics
+from pytest_greenllm.serve_client import Endpoint, probe, run_load
 from pytest_greenllm.server import ServerProcess, free_port, server_command
 from pytest_greenllm.workloads import RequestSpec
 
@@ -41,8 +43,50 @@ def log_name(config: EngineConfig, start: int) -> str:
     return f"server-{model}-tp{config.tp}-b{config.max_num_seqs}-{start}.log"
 
 
+class _ServedDriver:
+    """Warm-up and runs through the streaming client, for a driver that knows where its
+    server is (``_target``) and how to tell that it is gone (``_gone``)."""
+
+    request_timeout_s: float
+
+    def _target(self, spec: EngineSpec) -> Endpoint:
+        raise NotImplementedError
+
+    def _gone(self, failed: bool) -> str | None:
+        """Why the server cannot serve the next point, after a run (``failed``: some of its
+        requests failed); None while it serves."""
+        raise NotImplementedError
+
+    def warm_up(self, spec: EngineSpec, tag: str) -> None:
+        warm = [RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)] * WARMUP_REQUESTS
+        self.run(spec, warm, [0.0] * len(warm), tag)
+
+    def run(
+        self,
+        spec: EngineSpec,
+        requests: Sequence[RequestSpec],
+        arrivals_s: Sequence[float],
+        tag: str,
+        observer: StepObserver | None = None,
+    ) -> list[RequestRecord]:
+        # The server names its own requests (tag unused), and its steps cannot be seen from
+        # here: observer hears of none, and the point has no prefill/decode split.
+        records = run_load(
+            self._target(spec),
+            requests,
+            arrivals_s,
+            concurrency=spec.config.max_num_seqs,
+            timeout_s=self.request_timeout_s,
+        )
+        why = self._gone(any(r.error is not None for r in records))
+        if why is not None:
+            # Its requests failed one by one; the point fails with why.
+            raise EngineFailed(why)
+        return records
+
+
 @dataclass
-class VllmServeDriver:
+class VllmServeDriver(_ServedDriver):
     """The :class:`~pytest_greenllm.driver.Driver` of vLLM's OpenAI-compatible server."""
 
     log_dir: Path  # server logs go here, beside the report
@@ -75,46 +119,24 @@ class VllmServeDriver:
         self._server, self._spec = server, spec
         return server
 
-    def _endpoint(self, spec: EngineSpec) -> tuple[ServerProcess, Endpoint]:
-        server = self.engine(spec)
-        return server, Endpoint(server.url, spec.model.path)
+    def _target(self, spec: EngineSpec) -> Endpoint:
+        return Endpoint(self.engine(spec).url, spec.model.path)
+
+    def _gone(self, failed: bool) -> str | None:
+        server = self._server
+        assert server is not None  # _target started it
+        if server.alive() and not (failed and not server.serving(DEATH_GRACE_S)):
+            return None
+        # The next point gets a fresh server (the session closes this driver's).
+        what = "stopped answering" if server.alive() else "died"
+        return (
+            f"the vLLM server {what} during the run; the last lines of {server.log_path}:\n"
+            + server.log_tail()
+        )
 
     def metrics_url(self, spec: EngineSpec) -> str | None:
         """The live server's Prometheus metrics (the runner scrapes them while it measures)."""
         return f"{self.engine(spec).url}/metrics"
-
-    def warm_up(self, spec: EngineSpec, tag: str) -> None:
-        warm = [RequestSpec(WARMUP_PROMPT, WARMUP_OUTPUT_TOKENS, 0.0)] * WARMUP_REQUESTS
-        self.run(spec, warm, [0.0] * len(warm), tag)
-
-    def run(
-        self,
-        spec: EngineSpec,
-        requests: Sequence[RequestSpec],
-        arrivals_s: Sequence[float],
-        tag: str,
-        observer: StepObserver | None = None,
-    ) -> list[RequestRecord]:
-        # The server names its own requests (tag unused), and its steps cannot be seen from
-        # here: observer hears of none, and the point has no prefill/decode split.
-        server, endpoint = self._endpoint(spec)
-        records = run_load(
-            endpoint,
-            requests,
-            arrivals_s,
-            concurrency=spec.config.max_num_seqs,
-            timeout_s=self.request_timeout_s,
-        )
-        failed = any(r.error is not None for r in records)
-        if not server.alive() or (failed and not server.serving(DEATH_GRACE_S)):
-            # Its requests failed one by one; the point fails with why, and the next point
-            # gets a fresh server (the session closes this driver's).
-            what = "stopped answering" if server.alive() else "died"
-            raise EngineFailed(
-                f"the vLLM server {what} during the run; the last lines of {server.log_path}:\n"
-                + server.log_tail()
-            )
-        return records
 
     def close(self) -> None:
         if self._server is not None:
@@ -129,3 +151,45 @@ class VllmServeDriver:
         if self.logs:
             lines.append(f"server logs: {self.log_dir}")
         return lines
+
+
+@dataclass
+class EndpointDriver(_ServedDriver):
+    """The :class:`~pytest_greenllm.driver.Driver` of an OpenAI-compatible server that runs
+    already (vLLM, SGLang, TGI): greenllm neither starts nor stops it, and every engine
+    configuration is that server as it is."""
+
+    endpoint: Endpoint
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    _metrics: dict[str, str | None] = field(default_factory=dict)  # asked once: URL or None
+
+    def engine(self, spec: EngineSpec) -> Endpoint:
+        return self.endpoint
+
+    def _target(self, spec: EngineSpec) -> Endpoint:
+        return self.endpoint
+
+    def _gone(self, failed: bool) -> str | None:
+        if not failed:
+            return None
+        why = probe(self.endpoint, DEATH_GRACE_S)
+        return (
+            None
+            if why is None
+            else f"the endpoint {self.endpoint.url} stopped answering during the run: {why}"
+        )
+
+    def metrics_url(self, spec: EngineSpec) -> str | None:
+        """The server's Prometheus metrics where it exports them (vLLM, SGLang and TGI do);
+        asked once."""
+        if "url" not in self._metrics:
+            url = f"{self.endpoint.url.rstrip('/')}/metrics"
+            self._metrics["url"] = url if exports_metrics(url) else None
+        return self._metrics["url"]
+
+    def close(self) -> None:
+        """Nothing to stop: the server is not greenllm's."""
+
+    def summary_lines(self, planned_configs: int) -> list[str]:
+        url, model = self.endpoint.url, self.endpoint.model
+        return [f"measured the endpoint {url} (model {model}), not started or stopped by greenllm"]

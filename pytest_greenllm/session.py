@@ -86,7 +86,7 @@ class GreenLLMSession:
         requests = "auto" if s.requests is None else str(s.requests)
         lines = [*sweep.matrix.header_lines()]
         lines.extend(f"greenllm: {note}" for note in [*sweep.backend.notes, *sweep.notes])
-        if not sweep.backend.sources:
+        if not sweep.backend.sources and s.endpoint is None:  # an endpoint's notes say why
             lines.append(f"greenllm: {render(NO_METER, TRY_FAKE, PYTEST_PREFIX)}")
         lines.append(
             f"greenllm: model={s.model.name}, repeats={s.repeats}, requests={requests}, seed={s.seed}"
@@ -115,6 +115,13 @@ class GreenLLMSession:
         points = sweep.results.all_points(order)
         if points:
             terminalreporter.write_line(summary_table(points))
+        unforced = [p.id for p in points if p.unforced]
+        if unforced:
+            terminalreporter.write_line(
+                f"greenllm: outputs not of the forced length at {', '.join(unforced)}: the server ignores "
+                "ignore_eos or min_tokens, and their per-token figures count the tokens it sent",
+                yellow=True,
+            )
         new, gone = sweep.results.baseline_coverage(order)
         if new:
             terminalreporter.write_line(f"greenllm: not in the baseline, not compared: {', '.join(new)}")

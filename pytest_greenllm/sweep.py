@@ -19,6 +19,7 @@ from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
 from pytest_greenllm.devices.base import Backend, Capabilities, EnergySource
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.driver import EngineSpec
+from pytest_greenllm.endpoint import attach_endpoint
 from pytest_greenllm.engine import cpu_build_installed
 from pytest_greenllm.hints import CLI_PREFIX, Hint, HintedError
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand
@@ -47,6 +48,21 @@ def open_device(settings: Settings, make_backend: MakeBackend) -> Backend:
         return make_backend(settings)
     except DeviceError as e:
         raise SetupError(e.message, e.hint, subject=Hint("device", settings.device)) from None
+
+
+def open_setup(
+    settings: Settings, make_backend: MakeBackend, flag_prefix: str
+) -> tuple[Settings, Backend, list[str]]:
+    """Open the device; where the settings name an endpoint, connect to it, and return the
+    settings and the part of the device that measure it, with notes for the header."""
+    backend = open_device(settings, make_backend)
+    if settings.endpoint is None:
+        return settings, backend, []
+    try:
+        return attach_endpoint(settings, backend, flag_prefix)
+    except BaseException:
+        backend.close()
+        raise
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -78,7 +94,7 @@ def build_matrix(
     """Expand the settings against the device's capabilities, and against the CPU cores
     where vLLM's CPU build runs the engine (whatever device measures)."""
     check_weights(settings)
-    if cpu_build_installed() and caps.unit_name != "CPU cores":
+    if cpu_build_installed() and caps.unit_name != "CPU cores" and settings.endpoint is None:
         cores = len(os.sched_getaffinity(0))
         caps = replace(
             caps,
@@ -87,7 +103,7 @@ def build_matrix(
             if cores < caps.parallel_units
             else caps.unit_name,
         )
-    return expand(
+    matrix = expand(
         model=settings.model,
         tps=settings.tps,
         batches=settings.batches,
@@ -95,8 +111,11 @@ def build_matrix(
         freqs=settings.freqs,
         power_limits_w=settings.power_limits_w,
         caps=caps,
+        loads=settings.loads,
+        trace_time_scale=settings.trace_time_scale,
         extra_problems=extra_problems,
     )
+    return replace(matrix, endpoint=settings.endpoint)
 
 
 def prepare_reports(
@@ -277,11 +296,11 @@ def prepare_sweep(
 ) -> Sweep:
     """Open the device, build the matrix, prepare the reports; the device is closed again if
     a later step fails."""
-    backend = open_device(settings, make_backend)
+    settings, backend, endpoint_notes = open_setup(settings, make_backend, flag_prefix)
     try:
         matrix = build_matrix(settings, backend.capabilities, extra_problems)
         results, context, notes = prepare_reports(settings, backend, root, allow_mismatch, flag_prefix)
     except BaseException:
         backend.close()
         raise
-    return Sweep(settings, backend, matrix, results, context, notes, flag_prefix)
+    return Sweep(settings, backend, matrix, results, context, endpoint_notes + notes, flag_prefix)

@@ -91,13 +91,3 @@ def build_requests(
         RequestSpec(prompt_token_ids(seed, r.input_tokens, i), r.output_tokens, r.arrival_s)
         for i, r in enumerate(trace.replay(count))
     ]
-
-
-def poisson_arrivals(count: int, rate_per_s: float, seed: int) -> list[float]:
-    """Arrival offsets of a Poisson process at ``rate_per_s``, seeded. Units: s."""
-    rng = random.Random(f"greenllm-arrivals:{seed}")
-    t, out = 0.0, []
-    for _ in range(count):
-        out.append(t)
-        t += rng.expovariate(rate_per_s)
-    return out

@@ -41,9 +41,32 @@ def test_knobs_prints_the_matrix_as_a_table(
         "power",
         "limit",
         "clock",
+        "load",
     ]
-    assert out[3].split() == ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "default", "1410MHz"]
-    assert out[-1].split() == ["L-tp2-b8-1410MHz", "2", "L", "4096", "512", "2", "8", "default", "1410MHz"]
+    assert out[3].split() == [
+        "S-tp1-b8-1410MHz",
+        "1",
+        "S",
+        "128",
+        "64",
+        "1",
+        "8",
+        "default",
+        "1410MHz",
+        "closed",
+    ]
+    assert out[-1].split() == [
+        "L-tp2-b8-1410MHz",
+        "2",
+        "L",
+        "4096",
+        "512",
+        "2",
+        "8",
+        "default",
+        "1410MHz",
+        "closed",
+    ]
 
 
 def test_knobs_shows_the_power_limit_axis_and_sets_no_limit(
@@ -61,8 +84,8 @@ def test_knobs_shows_the_power_limit_axis_and_sets_no_limit(
         "NVIDIA H100 80GB HBM3 accepts"
     )
     assert [line.split() for line in out[-2:]] == [
-        ["S-tp1-b8-1410MHz-pl300W", "1", "S", "128", "64", "1", "8", "300W", "1410MHz"],
-        ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "default", "1410MHz"],
+        ["S-tp1-b8-1410MHz-pl300W", "1", "S", "128", "64", "1", "8", "300W", "1410MHz", "closed"],
+        ["S-tp1-b8-1410MHz", "1", "S", "128", "64", "1", "8", "default", "1410MHz", "closed"],
     ]
     # The matrix needs the device's range only: no GPU was changed.
     assert not (tmp_path / "driver.json").exists() and not (tmp_path / "guard.json").exists()

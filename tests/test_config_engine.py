@@ -1,4 +1,5 @@
-"""The engine options: --greenllm-rate and the repeatable --greenllm-engine-arg."""
+"""The load options (--greenllm-rates, --greenllm-rate, --greenllm-arrivals,
+--greenllm-trace-time-scale) and the repeatable --greenllm-engine-arg."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from pytest_greenllm.config import Raw, parse_engine_args, parse_rate, settings_key
+from pytest_greenllm.arrivals import CLOSED_LOOP, CONSTANT, POISSON, Load
+from pytest_greenllm.config import Raw, parse_engine_args, parse_rates, settings_key
 from pytest_greenllm.options import OPTIONS_BY_NAME
 
 
@@ -16,20 +18,75 @@ def raw(name: str, text: str) -> Raw:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("inf", None), ("INF", None), (" inf ", None), ("2.5", 2.5), ("1e3", 1000.0), ("0.01", 0.01)],
+    [
+        ("inf", (None,)),
+        ("INF", (None,)),
+        (" inf ", (None,)),
+        ("2.5", (2.5,)),
+        ("1e3", (1000.0,)),
+        ("0.01", (0.01,)),
+        ("inf,1,2,1", (None, 1.0, 2.0)),  # one point per rate, duplicates dropped
+    ],
 )
-def test_parse_rate_accepts(text: str, expected: float | None) -> None:
-    assert parse_rate(raw("rate", text)) == expected
+def test_parse_rates_accepts(text: str, expected: tuple[float | None, ...]) -> None:
+    assert parse_rates(raw("rates", text)) == expected
 
 
 # 'nan' passes a plain `< 0` check, and a Poisson process at rate 0 never sends anything.
 @pytest.mark.parametrize("text", ["0", "-1", "x", "nan", "", "-inf", "infinity", "1/s"])
-def test_parse_rate_rejects(text: str) -> None:
+def test_parse_rates_rejects(text: str) -> None:
     with pytest.raises(pytest.UsageError) as info:
-        parse_rate(raw("rate", text))
+        parse_rates(raw("rates", f"inf,{text}"))
     assert str(info.value) == (
-        f"--greenllm-rate={text}: the arrival rate ('inf' or requests/s) must be a number > 0"
+        f"--greenllm-rates=inf,{text}: {text.strip()!r} is not an arrival rate; give 'inf' or "
+        "requests/s > 0, e.g. inf,2,8"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), (CLOSED_LOOP,)),
+        (("--greenllm-rate=2.5",), (Load(POISSON, 2.5),)),
+        (("--greenllm-rates=inf,2", "--greenllm-arrivals=constant"), (CLOSED_LOOP, Load(CONSTANT, 2.0))),
+        (("--greenllm-rates=1,4", "--greenllm-rate=inf"), (Load(POISSON, 1.0), Load(POISSON, 4.0))),
+    ],
+)
+def test_loads_reach_settings(
+    pytester: pytest.Pytester, args: tuple[str, ...], expected: tuple[Load, ...]
+) -> None:
+    assert pytester.parseconfigure(*args).stash[settings_key].loads == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--greenllm-rates=1,2", "--greenllm-rate=3"),
+            "--greenllm-rate=3 and --greenllm-rates=1,2 both set the arrival rate: give "
+            "--greenllm-rates alone (--greenllm-rate=R is --greenllm-rates=R)",
+        ),
+        (
+            ("--greenllm-rate=1,2",),
+            "--greenllm-rate=1,2: give one arrival rate here; sweep several with --greenllm-rates",
+        ),
+        (
+            ("--greenllm-arrivals=gamma",),
+            "--greenllm-arrivals=gamma: unknown arrival process; use poisson or constant",
+        ),
+        (
+            ("--greenllm-trace-time-scale=0",),
+            "--greenllm-trace-time-scale=0: the trace time scale must be a number > 0",
+        ),
+    ],
+)
+def test_bad_load_options_are_usage_errors(
+    pytester: pytest.Pytester, args: tuple[str, ...], message: str
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"ERROR: {message}" in result.stderr.str()
 
 
 @pytest.mark.parametrize(
@@ -80,11 +137,9 @@ def test_engine_arg_given_twice_reaches_settings(pytester: pytest.Pytester) -> N
         "--greenllm-engine-arg=max_model_len=4096",
         "--greenllm-engine-arg",
         'hf_overrides={"rope_theta": 1e6}',
-        "--greenllm-rate=2.5",
     )
     settings = config.stash[settings_key]
     assert settings.engine_args == (("max_model_len", 4096), ("hf_overrides", {"rope_theta": 1e6}))
-    assert settings.rate == 2.5
 
 
 def test_engine_args_from_ini_lines_and_defaults(pytester: pytest.Pytester) -> None:
@@ -98,7 +153,6 @@ def test_engine_args_from_ini_lines_and_defaults(pytester: pytest.Pytester) -> N
     )
     settings = pytester.parseconfigure().stash[settings_key]
     assert settings.engine_args == (("dtype", "bfloat16"), ("max_num_batched_tokens", 8192))
-    assert settings.rate is None  # default 'inf': a closed batch
 
 
 def test_bad_engine_arg_is_a_usage_error(pytester: pytest.Pytester) -> None:

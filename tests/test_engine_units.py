@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pytest_greenllm.engine as engine_module
+from pytest_greenllm.arrivals import poisson_arrivals
 from pytest_greenllm.driver import EngineFailed, EngineSpec
 from pytest_greenllm.engine import (
     EngineCache,
@@ -29,7 +30,7 @@ from pytest_greenllm.model_info import resolve_model
 from pytest_greenllm.record import PointRecord, PointResult, RepeatResult, Verdicts
 from pytest_greenllm.runner import energy_figures, result_properties
 from pytest_greenllm.verdicts import Goodput, Regression, Violation
-from pytest_greenllm.workloads import Workload, poisson_arrivals
+from pytest_greenllm.workloads import Workload
 
 EMBEDDED = resolve_model("embedded")
 HUB = resolve_model("org/some-model")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from fake_engine import FakeEngine, FakeLLM
 
-from pytest_greenllm.driver import EngineFailed, EngineSpec, Step, StepObserver
+from pytest_greenllm.driver import EngineSpec, Step, StepObserver
 from pytest_greenllm.engine import SCHEDULER, SchedulerView, run_requests
 from pytest_greenllm.knobs import EngineConfig
 from pytest_greenllm.metrics import RequestRecord
 from pytest_greenllm.model_info import resolve_model
 from pytest_greenllm.phases import update_grid
-from pytest_greenllm.runner import MAX_PASSES, run_passes
+from pytest_greenllm.runner import MAX_PASSES, run_passes, unforced_lengths
 from pytest_greenllm.workloads import RequestSpec
 
 PROMPT = tuple(range(100, 110))  # 10 tokens
@@ -133,9 +133,16 @@ def test_a_short_window_runs_the_requests_again_until_it_is_long_enough() -> Non
     assert passes(Driver(run_s=0.0), 1.0) == MAX_PASSES  # a run that takes no time ends
 
 
-def test_a_pass_with_other_output_lengths_fails_the_point() -> None:
-    with pytest.raises(EngineFailed, match="other output lengths"):
-        passes(Driver(run_s=0.3, short=True), 1.0)
+def test_outputs_of_other_lengths_are_counted_not_failed() -> None:
+    # A served endpoint may ignore ignore_eos and min_tokens: its point is flagged.
+    requests = [RequestSpec(PROMPT, 2, 0.0), RequestSpec(PROMPT, 3, 0.0)]
+    driver = Driver(run_s=0.3, short=True)
+    runs = run_passes(driver, SPEC, requests, [0.0, 0.0], "p", None, 1.0, driver.clock)  # type: ignore[arg-type]
+    assert len(runs) == 4
+    assert unforced_lengths(runs, requests) == 8
+    failed = [RequestRecord(0.0, (1.0,), 1, "HTTP 500: boom"), RequestRecord(0.0, (1.0, 2.0, 3.0), 1)]
+    assert unforced_lengths([failed], requests) == 0  # a failed request is a failure, not a length
+    assert unforced_lengths([failed, failed], requests) == 0
 
 
 def test_a_counter_that_updates_irregularly_fits_no_grid() -> None:

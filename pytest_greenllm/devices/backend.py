@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_greenllm.devices.base import Capabilities, EnergySource
+from pytest_greenllm.devices.base import Capabilities, EnergySource, Gpu
 from pytest_greenllm.devices.errors import DeviceError, DeviceUnavailable
 from pytest_greenllm.devices.guard import ClockGuard, default_state_path
 from pytest_greenllm.devices.nvml import NvmlGpu, NvmlSession, load_pynvml
@@ -76,6 +76,17 @@ def cpu_capabilities(kind: str) -> Capabilities:
     return Capabilities(kind, "CPU", len(os.sched_getaffinity(0)), "CPU cores", ())
 
 
+def gpu_capabilities(kind: str, gpus: Sequence[Gpu]) -> Capabilities:
+    """What a set of GPUs can do together: only clocks and power limits every one of them
+    accepts can be swept."""
+    common = set(gpus[0].info.supported_clocks_mhz)
+    for gpu in gpus[1:]:
+        common &= set(gpu.info.supported_clocks_mhz)
+    low_mw = max(gpu.info.power_limit_range_mw[0] for gpu in gpus)
+    high_mw = min(gpu.info.power_limit_range_mw[1] for gpu in gpus)
+    return Capabilities(kind, gpus[0].info.name, len(gpus), "GPUs", tuple(sorted(common)), (low_mw, high_mw))
+
+
 def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> DeviceBackend:
     gpus = session.gpus
     if not gpus:
@@ -84,14 +95,7 @@ def _gpu_backend(kind: str, session: NvmlSession, state_path: Path) -> DeviceBac
             "NVML answers but CUDA_VISIBLE_DEVICES leaves no GPU visible; check the variable",
             hint=Hint("device", "none", " or use {flag}"),
         )
-    # Sweep only clocks every GPU of the engine supports.
-    common = set(gpus[0].info.supported_clocks_mhz)
-    for gpu in gpus[1:]:
-        common &= set(gpu.info.supported_clocks_mhz)
-    # Likewise only power limits every GPU accepts.
-    low_mw = max(gpu.info.power_limit_range_mw[0] for gpu in gpus)
-    high_mw = min(gpu.info.power_limit_range_mw[1] for gpu in gpus)
-    caps = Capabilities(kind, gpus[0].info.name, len(gpus), "GPUs", tuple(sorted(common)), (low_mw, high_mw))
+    caps = gpu_capabilities(kind, gpus)
     guard = ClockGuard(session, state_path)
     try:
         notes = guard.recover_stale()
