@@ -12,7 +12,11 @@ Run as ``python fake_openai_server.py --port PORT [--model NAME] [--mode MODE]``
   dies: it drops its connections and stops listening at once, and the process exits a
   second later;
 - ``hang``: completion requests are accepted and never answered;
-- ``no-health``: ``/health`` answers 503 forever.
+- ``no-health``: ``/health`` answers 503 forever;
+- ``early-eos``: as ``ok``, but as a server that ignores ``min_tokens`` and ``ignore_eos``
+  (one without them, or a model that stops at its end-of-sequence token): every completion
+  stops after half its ``max_tokens`` (at least 1) with ``finish_reason`` "stop", and its
+  usage counts the tokens it sent.
 
 A port already taken fails as uvicorn does: "address already in use" on the output, exit 1.
 """
@@ -30,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-MODES = ("ok", "errors", "hang", "no-health")
+MODES = ("ok", "errors", "hang", "no-health", "early-eos")
 DIE_AFTER = "die-after="
 DIE_SLOWLY_AFTER = "die-slowly-after="
 # How long a server dying slowly outlives its connections. Units: s.
@@ -96,7 +100,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/health":
             self._text(503 if self.server.mode == "no-health" else 200, "")
         elif self.path == "/v1/models":
-            model = {"id": self.server.model, "object": "model", "owned_by": "fake"}
+            model = {"id": self.server.model, "object": "model", "owned_by": "fake", "max_model_len": 2048}
             self._json(200, {"object": "list", "data": [model]})
         elif self.path == "/metrics":
             self._text(
@@ -161,16 +165,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         rid = f"cmpl-{number}"
         model = self.server.model
-        for i in range(max_tokens):
+        # A server that ignores min_tokens and ignore_eos stops where the model ends.
+        early = self.server.mode == "early-eos"
+        tokens = max(1, max_tokens // 2) if early else max_tokens
+        for i in range(tokens):
             time.sleep(self.server.token_s)
             choice = {"index": 0, "text": f" t{i}", "token_ids": [1000 + i], "finish_reason": None}
-            if i == max_tokens - 1:
-                choice["finish_reason"] = "length"
+            if i == tokens - 1:
+                choice["finish_reason"] = "stop" if early else "length"
             self._chunk({"id": rid, "object": "text_completion", "model": model, "choices": [choice]})
         usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": max_tokens,
-            "total_tokens": prompt_tokens + max_tokens,
+            "completion_tokens": tokens,
+            "total_tokens": prompt_tokens + tokens,
         }
         self._chunk({"id": rid, "object": "text_completion", "model": model, "choices": [], "usage": usage})
         self._chunk("[DONE]")
