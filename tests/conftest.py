@@ -10,6 +10,24 @@ from fake_engine import STEP_ENV, conftest_source
 POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
 
 
+@pytest.fixture
+def isolated_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """The guard's and the fake driver's state files default to machine-wide places; the
+    fake device's switches and the served API's key come from the test alone. Returns the
+    monkeypatch, for the test's own."""
+    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
+    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
+    for name in (
+        "GREENLLM_FAKE_POWER_SCALE",
+        "GREENLLM_FAKE_FAIL",
+        "GREENLLM_FAKE_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+        "OPENAI_API_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def vllm_imported() -> None:
     """pytester drops the modules an in-process run imported when it ends: without this,
@@ -21,19 +39,10 @@ def vllm_imported() -> None:
 
 @pytest.fixture
 def sweep(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vllm_imported: None
+    pytester: pytest.Pytester, isolated_device: pytest.MonkeyPatch, vllm_imported: None
 ) -> pytest.Pytester:
     """A pytester directory whose runs sweep on the fake engine and the fake device."""
-    # The guard's and the fake driver's state files default to machine-wide places.
-    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
-    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
-    for name in (
-        "GREENLLM_FAKE_POWER_SCALE",
-        "GREENLLM_FAKE_FAIL",
-        "GREENLLM_FAKE_GPUS",
-        "CUDA_VISIBLE_DEVICES",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch = isolated_device
     # 16 steps of 10 ms: a window longer than the fake counter's 100 ms update, so that no
     # point reads 0 J.
     monkeypatch.setenv(STEP_ENV, "0.01")

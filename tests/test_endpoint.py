@@ -128,19 +128,8 @@ def early_eos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeS
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The guard's and the fake driver's state files default to machine-wide places; the
-    fake device's switches come from the test alone."""
-    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
-    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
-    for name in (
-        "GREENLLM_FAKE_POWER_SCALE",
-        "GREENLLM_FAKE_FAIL",
-        "GREENLLM_FAKE_GPUS",
-        "CUDA_VISIBLE_DEVICES",
-        "OPENAI_API_KEY",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def isolated(isolated_device: pytest.MonkeyPatch) -> None:
+    """Every test here runs with the device's state and switches its own."""
 
 
 def sweep(pytester: pytest.Pytester, url: str, *options: str) -> pytest.RunResult:

@@ -102,18 +102,11 @@ def fake_servers() -> list[int]:
 
 
 @pytest.fixture
-def serve(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[pytest.Pytester]:
+def serve(pytester: pytest.Pytester, isolated_device: pytest.MonkeyPatch) -> Iterator[pytest.Pytester]:
     """A pytester directory whose serve-mode runs start fake OpenAI servers; none is left
     running afterwards."""
-    monkeypatch.setenv("GREENLLM_STATE_FILE", str(tmp_path / "guard.json"))
-    monkeypatch.setenv("GREENLLM_FAKE_STATE", str(tmp_path / "driver.json"))
+    monkeypatch = isolated_device
     for name in (
-        "GREENLLM_FAKE_POWER_SCALE",
-        "GREENLLM_FAKE_FAIL",
-        "GREENLLM_FAKE_GPUS",
-        "CUDA_VISIBLE_DEVICES",
         MODES_ENV,
         BUSY_PORT_ENV,
         HEALTH_TIMEOUT_ENV,
