@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pytest_greenllm.devices.base import DEVICE_KINDS
 from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model, unresolved_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, KnobOption
+from pytest_greenllm.shards import Shard, ShardError, parse_shard
 from pytest_greenllm.trace import Trace, TraceError, derive_buckets, load_trace
 from pytest_greenllm.verdicts import DEFAULT_SLO, DEFAULT_WORKLOAD_SLOS, Slo, SloError, parse_slo
 from pytest_greenllm.workloads import (
@@ -142,6 +144,14 @@ def parse_device(raw: Raw) -> str:
 
 
 MODES = ("offline", "serve")
+
+
+def parse_shard_option(raw: Raw) -> Shard | None:
+    """'' (the whole sweep), K/N, or 'auto' (from the scheduler's variables)."""
+    try:
+        return parse_shard(raw.text, os.environ)
+    except ShardError as e:
+        raise raw.error(str(e)) from None
 
 
 def parse_mode(raw: Raw) -> str:
@@ -395,6 +405,7 @@ class Settings:
     endpoint: str | None  # a running server to measure (serve mode); None: greenllm starts vLLM
     endpoint_model: str | None  # the model to ask the endpoint for; None: its only one
     endpoint_gpus: EndpointGpus  # where the endpoint's energy is read; (): not measured
+    shard: Shard | None  # the part of the sweep this node runs; None: all of it
     repeats: int
     requests: int | None  # None: 'auto', see workloads.request_count
     seed: int
@@ -465,6 +476,7 @@ class Settings:
             endpoint=endpoint,
             endpoint_model=endpoint_model,
             endpoint_gpus=parse_endpoint_gpus(raw["endpoint-gpus"]),
+            shard=parse_shard_option(raw["shard"]),
             repeats=parse_positive_int(raw["repeats"], "the repeat count"),
             requests=parse_requests(raw["requests"]),
             seed=parse_seed(raw["seed"]),

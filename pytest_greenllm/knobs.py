@@ -162,6 +162,12 @@ class Matrix:
     notes: tuple[str, ...]
     capabilities: Capabilities
     endpoint: str | None = None  # a running server measured: no engine is built
+    planned: tuple[str, ...] | None = None  # ids of the whole sweep, where a shard runs part
+
+    @property
+    def sweep_ids(self) -> tuple[str, ...]:
+        """The ids of the whole sweep: more than these points where a shard runs part."""
+        return self.planned if self.planned is not None else tuple(p.id for p in self.points)
 
     @property
     def engine_configs(self) -> tuple[EngineConfig, ...]:

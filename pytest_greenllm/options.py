@@ -105,6 +105,15 @@ OPTIONS: tuple[KnobOption, ...] = (
         "is measured and their clocks and power limits swept; 'all' for every device the "
         "meter has; 'none' measures latency only.",
     ),
+    KnobOption(
+        "shard",
+        "K/N",
+        "",
+        "Run shard K of N (from 1) of the sweep, for one node of many: whole engine "
+        "configurations, split the same way on every node, balanced by estimated time. "
+        "'auto' reads Slurm's array task, a Kubernetes indexed Job's completion index (with "
+        "$GREENLLM_SHARD_TOTAL) or $GREENLLM_SHARD_INDEX and $GREENLLM_SHARD_TOTAL.",
+    ),
     KnobOption("repeats", "N", "1", "Runs of every knob point."),
     KnobOption(
         "requests",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,9 +36,13 @@ class ReportContext:
         return write_reports(report, self.json_path, self.root, self.git)
 
 
-def settings_record(settings: Settings) -> dict[str, Any]:
-    """The settings a report keeps, for reading it later."""
+def settings_record(settings: Settings, planned: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings a report keeps, for reading it later; ``planned``: the ids of the whole
+    sweep (a shard's report holds part of it)."""
+    shard = settings.shard
     return {
+        "shard": None if shard is None else {"index": shard.index, "total": shard.total},
+        "planned": list(planned),
         "mode": settings.mode,
         "endpoint": settings.endpoint,
         "seed": settings.seed,

@@ -100,7 +100,8 @@ class GreenLLMSession:
         meter_method = sweep.meter_method()
         self.close()
         points = sweep.results.all_points([p.id for p in sweep.matrix.points])
-        if points:
+        # A shard left with no point still reports, so that merging sees it ran.
+        if points or sweep.settings.shard is not None:
             self.written, self.write_failures = sweep.report_context.write(points, meter_method)
         failed = self.close_error is not None or self.write_failures
         if failed and session.exitstatus == pytest.ExitCode.OK:

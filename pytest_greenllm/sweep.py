@@ -10,7 +10,7 @@ hints each front end renders with its own flag names.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.report import Journal, ReportError, fingerprint, git_info, machine_info
 from pytest_greenllm.reporting import ReportContext, journal_path, settings_record
 from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_baseline
+from pytest_greenllm.shards import point_cost_s, shard_matrix
 
 MakeBackend = Callable[[Settings], Backend]
 SET_SLO = Hint("slo", template="; set {flag} to check yours")
@@ -115,14 +116,24 @@ def build_matrix(
         trace_time_scale=settings.trace_time_scale,
         extra_problems=extra_problems,
     )
-    return replace(matrix, endpoint=settings.endpoint)
+    matrix = replace(matrix, endpoint=settings.endpoint)
+    if settings.shard is not None:
+        point_s = point_cost_s(settings.repeats, settings.min_window_s, settings.cooldown_s)
+        matrix = shard_matrix(matrix, settings.shard, point_s)
+    return matrix
 
 
 def prepare_reports(
-    settings: Settings, backend: Backend, root: Path, allow_mismatch: bool, flag_prefix: str
+    settings: Settings,
+    backend: Backend,
+    root: Path,
+    allow_mismatch: bool,
+    flag_prefix: str,
+    planned: Sequence[str] = (),
 ) -> tuple[Results, ReportContext, list[str]]:
     """The session's Results and ReportContext, and notes for the header (their flags
-    spelled with ``flag_prefix``); bad baselines and journals are SetupErrors."""
+    spelled with ``flag_prefix``); bad baselines and journals are SetupErrors. ``planned``:
+    the ids of the whole sweep, which a shard's report keeps for ``greenllm merge``."""
     journal_file = journal_path(settings, root)
     outputs: list[tuple[Path, Hint | None]] = []
     if settings.json_path is not None:
@@ -159,7 +170,7 @@ def prepare_reports(
     except ReportError as e:
         raise SetupError(e.message, e.hint, e.subject) from None
     context = ReportContext(
-        backend.kind, machine, git, print_, settings_record(settings), settings.json_path, root
+        backend.kind, machine, git, print_, settings_record(settings, planned), settings.json_path, root
     )
     return results, context, notes
 
@@ -299,7 +310,9 @@ def prepare_sweep(
     settings, backend, endpoint_notes = open_setup(settings, make_backend, flag_prefix)
     try:
         matrix = build_matrix(settings, backend.capabilities, extra_problems)
-        results, context, notes = prepare_reports(settings, backend, root, allow_mismatch, flag_prefix)
+        results, context, notes = prepare_reports(
+            settings, backend, root, allow_mismatch, flag_prefix, matrix.sweep_ids
+        )
     except BaseException:
         backend.close()
         raise
