@@ -26,6 +26,7 @@ from pytest_greenllm.hints import CLI_PREFIX, HintedError
 from pytest_greenllm.history import DEFAULT_HISTORY, load_history
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.loads import CpuSpinLoad, Load, gpu_load
+from pytest_greenllm.merge import merge_files
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
@@ -117,6 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail",
         help="when the base does not exist yet (a first run): 'fail' (exit 2) "
         "or 'pass' (exit 0, saying so). Default: fail.",
+    )
+    merge = commands.add_parser(
+        "merge",
+        help="merge the reports of a sharded sweep into one report",
+        description="One report of the reports of a sweep split into shards "
+        "(--greenllm-shard=K/N): every report must match the first's setup, no point may be in "
+        "two reports, and the shards must be of one split. Says which shards and planned points "
+        "are missing; the merged report is written even then. Exit 0: complete; 1: something is "
+        "missing; 2: bad input.",
+    )
+    merge.add_argument("reports", type=Path, nargs="+", metavar="REPORT", help="the shards' reports")
+    merge.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="write the merged report here (its folder must exist)",
+    )
+    merge.add_argument(
+        "--allow-mismatch", action="store_true", help="merge reports from setups whose energy differs"
     )
     rec = commands.add_parser(
         "recommend",
@@ -265,6 +286,19 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if comparison.regressed else EXIT_OK
 
 
+def _merge(args: argparse.Namespace) -> int:
+    try:
+        merged = merge_files(args.reports, args.output, args.allow_mismatch)
+    except ReportError as e:
+        print(f"greenllm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for note in merged.notes:
+        print(f"greenllm: {note}")
+    points = len(merged.report.points)
+    print(f"greenllm: merged {len(args.reports)} report(s), {points} point(s): {args.output}")
+    return EXIT_OK if merged.complete else EXIT_FAILED
+
+
 def _recommend(args: argparse.Namespace) -> int:
     try:
         report = load_report(args.report)
@@ -345,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "reset-clocks": _reset_clocks,
         "compare": _compare,
+        "merge": _merge,
         "recommend": _recommend,
         "knobs": _knobs,
         "export": _export,

@@ -32,8 +32,12 @@ T = TypeVar("T")
 
 @pytest.fixture
 def greenllm_point(request: pytest.FixtureRequest) -> KnobPoint:
-    """The knob point of this test item; one item is generated per point of the matrix."""
+    """The knob point of this test item; one item is generated per point of the matrix.
+    Its engine's GPUs are leased first, so that no other run or worker uses them."""
     point: KnobPoint = request.param
+    session = request.config.stash.get(session_key, None)
+    if session is not None:
+        session.lease_for(point)
     return point
 
 
@@ -113,7 +117,7 @@ def locked_clocks(request: pytest.FixtureRequest, greenllm_session: GreenLLMSess
     mhz, tp = _asked(request, "freq_mhz")
     sweep = greenllm_session.sweep
     with _changed(sweep, lambda: sweep.lock_clocks(mhz, tp)) as locked:
-        sweep.cool_down()
+        sweep.cool_down(tp)
         yield locked
 
 

@@ -273,8 +273,10 @@ class EnergyMeter:
         margin_c: float = 3.0,
         poll_s: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        sources: Sequence[EnergySource] | None = None,
     ) -> tuple[float, bool]:
-        """Wait until every source is within ``margin_c`` of its idle temperature.
+        """Wait until every one of ``sources`` (default: all) is within ``margin_c`` of its
+        idle temperature: per GPU, as points on other GPUs may run meanwhile.
 
         Returns (seconds waited, whether it got there); gives up after ``max_wait_s``.
         """
@@ -283,7 +285,7 @@ class EnergyMeter:
         start = self.clock()
         while True:
             hot = False
-            for source in self.sources:
+            for source in self.sources if sources is None else sources:
                 idle_c = self.idle.temperature_c.get(source.label)
                 if idle_c is None:
                     continue

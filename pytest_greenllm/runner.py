@@ -145,7 +145,7 @@ def measure_point(
     repeats = []
     for index in range(settings.repeats):
         if meter is not None and settings.cooldown_s > 0:
-            meter.cool_down(settings.cooldown_s)
+            meter.cool_down(settings.cooldown_s, sources=sources)
         log = None
         min_window_s = 0.0
         if meter is not None:

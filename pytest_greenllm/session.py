@@ -60,6 +60,7 @@ class GreenLLMSession:
         self._point_items: dict[str, pytest.Item] = {}
         self._started: dict[str, float] = {}
         self._live_engine: EngineConfig | None = None
+        self._leased_engine: EngineConfig | None = None
         self.written: list[Path] = []
         self.write_failures: list[tuple[Path, str]] = []
         self.close_error: str | None = None
@@ -198,6 +199,17 @@ class GreenLLMSession:
         record = item.stash.get(point_record_key, None)
         line = progress.point_line(record) if record is not None else progress.failed_line(nodeid)
         reporter.write_line(f"greenllm: {line}")
+
+    def lease_for(self, point: KnobPoint) -> None:
+        """Hold the GPUs of the point's engine configuration, where the sweep leases GPUs:
+        the engine of the lease before is shut down first, as it runs on those GPUs."""
+        if self.sweep.leases is None or point.engine == self._leased_engine:
+            return
+        self._live_engine = None
+        self.driver.close()
+        self._leased_engine = None
+        self.sweep.lease(point.tp)
+        self._leased_engine = point.engine
 
     def engine_for(self, spec: EngineSpec) -> tuple[object, float | None]:
         """The driver's engine for ``spec``, and the seconds it took to build (None: reused)."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
-from pytest_greenllm.devices.base import Backend, Capabilities, EnergySource
+from pytest_greenllm.devices.base import Backend, Capabilities, EnergySource, Gpu
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
+from pytest_greenllm.devices.leases import GpuLeases
 from pytest_greenllm.driver import EngineSpec
 from pytest_greenllm.endpoint import attach_endpoint
 from pytest_greenllm.engine import cpu_build_installed
@@ -32,6 +33,7 @@ from pytest_greenllm.shards import point_cost_s, shard_matrix
 MakeBackend = Callable[[Settings], Backend]
 SET_SLO = Hint("slo", template="; set {flag} to check yours")
 LEAVE_CLOCKS_ALONE = Hint("freqs", "default", "; pass {flag}")
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 LEAVE_POWER_LIMIT = Hint("power-limits", "default", "; pass {flag} to leave the power limit alone")
 
 
@@ -186,8 +188,30 @@ class Sweep:
     report_context: ReportContext
     notes: list[str] = field(default_factory=list)  # for the header
     flag_prefix: str = CLI_PREFIX
+    leases: GpuLeases | None = None  # where engines run on GPUs that others may share
+    _leased: list[Gpu] | None = None  # the GPUs of the engine now; None: the first tp
+    _cuda_visible: str | None = None  # CUDA_VISIBLE_DEVICES as it was before any lease
     _meter: EnergyMeter | None = None
     _closed: bool = False
+
+    def lease(self, tp: int) -> list[Gpu]:
+        """Lease ``tp`` free GPUs for the next engine (waiting while others hold them),
+        after giving back the ones leased before, and make them the only ones CUDA shows the
+        engine; returns them. The caller shuts the engine of the old lease down first."""
+        if self.leases is None:
+            raise ValueError("this sweep does not lease GPUs")
+        if self._leased is None:
+            self._cuda_visible = os.environ.get(CUDA_VISIBLE)
+        indices = self.leases.acquire(tp)
+        self._leased = [self.backend.gpus[i] for i in indices]
+        # NVML's order is the PCI bus order; CUDA numbers by speed unless told otherwise.
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        os.environ[CUDA_VISIBLE] = ",".join(str(gpu.index) for gpu in self._leased)
+        return self._leased
+
+    def _gpus(self, tp: int | None) -> list[Gpu]:
+        """A point's GPUs: the leased ones, else the first ``tp`` (None: all)."""
+        return list(self._leased) if self._leased is not None else list(self.backend.gpus[:tp])
 
     def engine_spec(self, point: KnobPoint) -> EngineSpec:
         """What the point's engine is built from."""
@@ -215,6 +239,8 @@ class Sweep:
     def point_sources(self, point: KnobPoint) -> tuple[list[EnergySource], str | None]:
         """What to measure for a point, and a note where that is more than its own devices
         (a backend that cannot tell which sources the engine uses)."""
+        if self._leased is not None:
+            return list(self._leased), None
         own = self.backend.point_sources(point.tp)
         if own is not None:
             return list(own), None
@@ -240,7 +266,7 @@ class Sweep:
             raise PointSkipped(f"device={self.backend.kind} cannot lock clocks", LEAVE_CLOCKS_ALONE)
         guard.install()
         try:
-            locked, _ = guard.lock_clocks(self.backend.gpus[:tp], mhz)
+            locked, _ = guard.lock_clocks(self._gpus(tp), mhz)
         except (NoPermission, NotSupported) as e:
             self.restore()  # the GPUs locked before the one that refused
             raise PointSkipped(f"clocks not locked: {e.message}", e.hint) from None
@@ -253,7 +279,7 @@ class Sweep:
         self._measure_idle_first()
         if watts is None:
             return None
-        guard, gpus = self.backend.guard, self.backend.gpus[:tp]
+        guard, gpus = self.backend.guard, self._gpus(tp)
         if guard is None or not gpus:
             raise PointSkipped(f"device={self.backend.kind} cannot set power limits", LEAVE_POWER_LIMIT)
         guard.install()
@@ -273,10 +299,12 @@ class Sweep:
         if self.backend.guard is not None:
             self.backend.guard.restore()
 
-    def cool_down(self) -> None:
-        """Wait (up to the cool-down setting) for the GPUs to cool before a point."""
+    def cool_down(self, tp: int | None = None) -> None:
+        """Wait (up to the cool-down setting) for a point's GPUs (see ``lock_clocks``) to
+        cool before it; every source where there are no GPUs."""
         if self.backend.sources and self.settings.cooldown_s > 0:
-            self.meter().cool_down(self.settings.cooldown_s)
+            sources: list[EnergySource] = [*self._gpus(tp)] or list(self.backend.sources)
+            self.meter().cool_down(self.settings.cooldown_s, sources=sources)
 
     def meter_method(self) -> str | None:
         """How the session's energy was measured: counter, sampled, mixed or None."""
@@ -293,7 +321,17 @@ class Sweep:
         self._closed = True
         if self._meter is not None:
             self._meter.close()
-        self.backend.close()
+        try:
+            self.backend.close()
+        finally:
+            if self.leases is not None:
+                self.leases.close()
+            if self._leased is not None:
+                self._leased = None
+                if self._cuda_visible is None:
+                    os.environ.pop(CUDA_VISIBLE, None)
+                else:
+                    os.environ[CUDA_VISIBLE] = self._cuda_visible
 
 
 def prepare_sweep(
@@ -316,4 +354,8 @@ def prepare_sweep(
     except BaseException:
         backend.close()
         raise
-    return Sweep(settings, backend, matrix, results, context, endpoint_notes + notes, flag_prefix)
+    # An endpoint's GPUs are its server's; greenllm builds no engine there to lease for.
+    leases = None
+    if backend.gpus and settings.endpoint is None:
+        leases = GpuLeases([gpu.info.uuid for gpu in backend.gpus])
+    return Sweep(settings, backend, matrix, results, context, endpoint_notes + notes, flag_prefix, leases)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fake_engine import STEP_ENV, conftest_source
 
+from pytest_greenllm.devices.leases import LOCK_DIR_ENV
+
 POINT_TEST = "def test_point(greenllm_result):\n    pass\n"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_gpu_locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """GPU leases are machine-wide: this test session's, and the runs it starts, take
+    theirs in a folder of their own, so that another session on the box (a second CI job)
+    does not make them wait."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LOCK_DIR_ENV, str(tmp_path_factory.mktemp("gpu-locks")))
+        yield
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ def test_counter_and_sampled_paths_agree_on_a_constant_load() -> None:
 
 
 times_s = st.lists(st.floats(0, 1e4), min_size=2, max_size=40, unique=True).map(sorted)
-watts = st.floats(0, 2000)
+# Subnormal watts lose their last bit in any product: no meter reads them.
+watts = st.floats(0, 2000, allow_subnormal=False)
 # Slope 0 is constant power; st.just has hypothesis draw it often.
 slopes = st.one_of(st.just(0.0), st.floats(0, 1))
 
