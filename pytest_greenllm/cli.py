@@ -18,7 +18,7 @@ from pytest_greenllm.compare import render as render_comparison
 from pytest_greenllm.config import Raw, Settings, parse_tolerance
 from pytest_greenllm.devices.backend import fake_nvml_from_env, open_backend
 from pytest_greenllm.devices.errors import DeviceError
-from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path
+from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_path, state_files
 from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
 from pytest_greenllm.doctor import diagnose
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
@@ -230,7 +230,7 @@ def _knobs(args: argparse.Namespace) -> int:
 
 def _reset_clocks(args: argparse.Namespace) -> int:
     state_path = default_state_path()
-    if not args.all and not state_path.exists():
+    if not args.all and not state_files(state_path):
         # Nothing recorded: a CI step that runs this on every job must not need NVML then.
         print(f"greenllm: nothing to reset: no state file at {state_path}")
         return EXIT_OK

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_greenllm.devices.errors import DeviceError, NoPermission, NotSupported
 from pytest_greenllm.devices.fake_nvml import POWER_LIMIT_RANGE_MW, FakeNvml
-from pytest_greenllm.devices.guard import ClockGuard
+from pytest_greenllm.devices.guard import RUN_ENV, WORKER_ENV, ClockGuard, state_files
 from pytest_greenllm.devices.nvml import NvmlSession
 
 ORIGINAL_LIMIT_MW = POWER_LIMIT_RANGE_MW[1]
@@ -250,3 +250,33 @@ def test_a_corrupt_state_file_says_what_to_do(rig: Rig, text: str) -> None:
     assert "greenllm reset-clocks --all" in str(info.value)
     # Deleting it is the user's call, once the GPUs are checked.
     assert rig.guard_state.read_text() == text
+
+
+def test_parallel_workers_keep_a_state_file_each_and_leave_each_other_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RUN_ENV, "run-1")
+    monkeypatch.setenv(WORKER_ENV, "gw1")
+    rig = Rig(tmp_path)  # a worker's guard
+    rig.guard.lock_clocks([rig.session.gpus[0]], 1410)
+    own = rig.guard_state.with_name("locked-clocks.json.gw1")
+    assert not rig.guard_state.exists()
+    assert json.loads(own.read_text())["run"] == "run-1"
+    # A live sibling of the same run, on gpu1: left alone.
+    sibling = rig.guard_state.with_name("locked-clocks.json.gw2")
+    record = {"pid": os.getppid(), "run": "run-1", "devices": {rig.uuids[1]: {"index": 1, "clock_mhz": 1410}}}
+    sibling.write_text(json.dumps(record))
+    assert rig.guard.recover_stale() == []
+    assert state_files(rig.guard_state) == [own, sibling]
+    # A live process of another run is another run, as before.
+    sibling.write_text(json.dumps({**record, "run": "run-2"}))
+    with pytest.raises(DeviceError, match=r"another run \(pid \d+\)"):
+        rig.guard.recover_stale()
+    # A killed worker's record is undone like a killed run's.
+    sibling.write_text(json.dumps({**record, "pid": dead_pid()}))
+    rig.fake.nvmlDeviceSetGpuLockedClocks(rig.fake.nvmlDeviceGetHandleByIndex(1), 1410, 1410)
+    [done] = rig.guard.recover_stale()
+    assert done.endswith("left changed: gpu1") and not sibling.exists()
+    assert rig.fake.locked_clocks(1) is None
+    rig.guard.restore()
+    assert state_files(rig.guard_state) == []

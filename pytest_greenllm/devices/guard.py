@@ -29,6 +29,17 @@ STATE_ENV = "GREENLLM_STATE_FILE"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+# pytest-xdist names each worker (gw0, gw1, ...) and the run they belong to in these.
+WORKER_ENV = "PYTEST_XDIST_WORKER"
+RUN_ENV = "PYTEST_XDIST_TESTRUNUID"
+
+
+def state_files(state_path: Path) -> list[Path]:
+    """Every state file of ``state_path``: its own, and one per pytest-xdist worker."""
+    workers = sorted(state_path.parent.glob(f"{state_path.name}.gw*")) if state_path.parent.is_dir() else []
+    return [p for p in (state_path, *workers) if p.exists() and not p.name.endswith(".tmp")]
+
+
 def default_state_path() -> Path:
     """``$GREENLLM_STATE_FILE``, else the XDG state directory: clocks are machine-wide."""
     if os.environ.get(STATE_ENV):
@@ -69,6 +80,10 @@ class ClockGuard:
     def __init__(self, lookup: GpuLookup, state_path: Path) -> None:
         self._lookup = lookup
         self.state_path = state_path
+        # Parallel workers change their own GPUs: each records them in a file of its own.
+        worker = os.environ.get(WORKER_ENV)
+        self._own_path = state_path.with_name(f"{state_path.name}.{worker}") if worker else state_path
+        self._run = os.environ.get(RUN_ENV)
         self._changes: dict[str, Change] = {}
         self._lock = threading.RLock()
         self._previous: dict[int, Any] = {}
@@ -78,42 +93,55 @@ class ClockGuard:
 
     # --- the state file ------------------------------------------------------------------
     def _write_state(self) -> None:
+        path = self._own_path
         if not self._changes:
-            self.state_path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"pid": os.getpid(), "devices": {u: asdict(c) for u, c in self._changes.items()}}
-        tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"pid": os.getpid()}
+        if self._run is not None:
+            state["run"] = self._run  # the parallel run this worker belongs to
+        state["devices"] = {u: asdict(c) for u, c in self._changes.items()}
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.state_path)
+        os.replace(tmp, path)
 
     def recover_stale(self, force: bool = False) -> list[str]:
         """Reset the GPUs a killed run left changed; returns what was done, to print.
 
         A state file of a live process means another run is using the GPUs: that is an
-        error unless ``force``.
+        error unless ``force``. The other workers of this same run (pytest-xdist) change
+        GPUs they leased, and are left alone.
         """
-        if not self.state_path.exists():
-            return []
+        done: list[str] = []
+        for path in state_files(self.state_path):
+            done.extend(self._recover(path, force))
+        return done
+
+    def _recover(self, path: Path, force: bool) -> list[str]:
         try:
-            state = json.loads(self.state_path.read_text())
+            state = json.loads(path.read_text())
             pid = int(state["pid"])
             stale = {u: Change(**c) for u, c in state["devices"].items()}
+        except FileNotFoundError:
+            return []  # its worker finished meanwhile
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DeviceError(
-                f"{self.state_path}: unreadable clock state file ({e}); check the GPUs with "
+                f"{path}: unreadable clock state file ({e}); check the GPUs with "
                 "nvidia-smi, reset them with `greenllm reset-clocks --all`, then delete it"
             ) from e
         if pid == os.getpid():
             return []
         if pid_alive(pid) and not force:
+            if self._run is not None and state.get("run") == self._run:
+                return []
             raise DeviceError(
                 f"another run (pid {pid}) holds locked clocks on {len(stale)} GPU(s) "
-                f"({self.state_path}); wait for it, or stop it and run `greenllm reset-clocks`"
+                f"({path}); wait for it, or stop it and run `greenllm reset-clocks`"
             )
-        done = [self._undo(uuid, change) for uuid, change in stale.items()]
-        self.state_path.unlink(missing_ok=True)
-        return [f"reset what a killed run (pid {pid}) left changed: {', '.join(done)}"]
+        undone = [self._undo(uuid, change) for uuid, change in stale.items()]
+        path.unlink(missing_ok=True)
+        return [f"reset what a killed run (pid {pid}) left changed: {', '.join(undone)}"]
 
     def _undo(self, uuid: str, change: Change) -> str:
         gpu = self._lookup.by_uuid(uuid)
@@ -209,7 +237,7 @@ class ClockGuard:
                 raise DeviceError(
                     "could not put back: "
                     + "; ".join(failures)
-                    + f" (the record stays in {self.state_path}; run `greenllm reset-clocks`)"
+                    + f" (the record stays in {self._own_path}; run `greenllm reset-clocks`)"
                 )
             return done
 
