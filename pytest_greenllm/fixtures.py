@@ -37,8 +37,18 @@ def greenllm_point(request: pytest.FixtureRequest) -> KnobPoint:
     point: KnobPoint = request.param
     session = request.config.stash.get(session_key, None)
     if session is not None:
-        session.lease_for(point)
+        session.lease_for(point, lambda message: _tell(request.config, message))
     return point
+
+
+def _tell(config: pytest.Config, message: str) -> None:
+    """Say ``message`` on the terminal now, past pytest's capture of the test's output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"greenllm: {message}")
 
 
 @pytest.fixture(scope="session")

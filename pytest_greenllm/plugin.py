@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_greenllm import hookspec
+from pytest_greenllm import hookspec, parallel
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.devices.base import Backend
 from pytest_greenllm.driver import Driver
@@ -31,6 +31,7 @@ from pytest_greenllm.sweep import prepare_sweep
 pytest_plugins = ["pytest_greenllm.fixtures"]
 
 SESSION_PLUGIN = "greenllm-session"
+PARALLEL_PLUGIN = "greenllm-parallel"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -128,6 +129,8 @@ def pytest_configure(config: pytest.Config) -> None:
             extra_problems=plugin_problems,
             allow_mismatch=bool(config.getoption("greenllm_allow_mismatch")),
             flag_prefix=PYTEST_PREFIX,
+            worker=parallel.is_worker(config),
+            idle=parallel.idle_from(config),
         )
     except HintedError as e:
         raise pytest.UsageError(render_error(e, PYTEST_PREFIX)) from None
@@ -141,9 +144,19 @@ def pytest_configure(config: pytest.Config) -> None:
     except BaseException:
         sweep.close()
         raise
-    session = GreenLLMSession(sweep, driver, builtin_sweep=builtin_sweep)
+    role = "worker" if parallel.is_worker(config) else "controller" if parallel.distributes(config) else None
+    session = GreenLLMSession(sweep, driver, builtin_sweep=builtin_sweep, role=role)
     config.stash[session_key] = session
     config.pluginmanager.register(session, SESSION_PLUGIN)
+    if role == "worker":
+        config.pluginmanager.register(parallel.ParallelWorker(), PARALLEL_PLUGIN)
+    elif role == "controller":
+        if config.getoption("dist") != "load":  # what -n alone gives
+            sweep.notes.append(
+                f"pytest-xdist: --dist {config.getoption('dist')} set aside: each engine configuration's "
+                "points run on one worker"
+            )
+        config.pluginmanager.register(parallel.ParallelController(session, config), PARALLEL_PLUGIN)
 
 
 def builtin_sweep_on(config: pytest.Config) -> bool:

@@ -29,6 +29,8 @@ class Results:
     # The default SLOs describe GPU serving; on the CPU backend only the user's apply.
     default_slos_apply: bool = True
     records: list[PointRecord] = field(default_factory=list)
+    # A parallel worker's points go to the controller, which alone writes the journal.
+    writes_journal: bool = True
 
     def judge(self, record: PointRecord) -> Verdicts:
         """SLO, goodput and, with a baseline, the regression test of one point."""
@@ -65,9 +67,14 @@ class Results:
         """Judge a finished point, keep it, and append it to the journal at once."""
         unjudged = PointRecord.of(result)
         record = dataclasses.replace(unjudged, verdicts=self.judge(unjudged))
-        self.records.append(record)
-        self.journal.append(record)
+        self.keep(record)
         return record
+
+    def keep(self, record: PointRecord) -> None:
+        """Keep a judged point (here, or by a parallel worker) and journal it at once."""
+        self.records.append(record)
+        if self.writes_journal:
+            self.journal.append(record)
 
     def all_points(self, order: list[str]) -> list[PointRecord]:
         """Resumed and new points, each once, in matrix order."""

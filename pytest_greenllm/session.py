@@ -5,7 +5,7 @@ on; the sweep itself (device, matrix, meter, results) is a ``sweep.Sweep``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.driver import Driver, EngineSpec
 from pytest_greenllm.hints import render
-from pytest_greenllm.knobs import EngineConfig, KnobPoint, group_by_engine
+from pytest_greenllm.knobs import EngineConfig, KnobPoint, count_of, group_by_engine
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE, PYTEST_PREFIX
 from pytest_greenllm.progress import Progress
 from pytest_greenllm.record import PointRecord
@@ -44,6 +44,11 @@ def _names_tests(config: pytest.Config) -> bool:
     return any("::" in arg or (base / arg).is_file() for arg in config.args)
 
 
+def xdist_group(engine: EngineConfig) -> str:
+    """The pytest-xdist group of an engine configuration's points."""
+    return f"greenllm-{engine.model}-tp{engine.tp}-b{engine.max_num_seqs}"
+
+
 def _engine_key(item: pytest.Item) -> Hashable | None:
     point = point_of(item)
     return None if point is None else point.engine
@@ -52,15 +57,21 @@ def _engine_key(item: pytest.Item) -> Hashable | None:
 class GreenLLMSession:
     """Registered in ``pytest_configure`` when the plugin is on; its methods are hooks."""
 
-    def __init__(self, sweep: Sweep, driver: Driver, builtin_sweep: bool = True) -> None:
+    def __init__(
+        self, sweep: Sweep, driver: Driver, builtin_sweep: bool = True, role: str | None = None
+    ) -> None:
         self.sweep = sweep
         self.driver = driver
         self.builtin_sweep = builtin_sweep
+        # 'controller' or 'worker' of a parallel run (pytest -n): the controller measures
+        # nothing and writes the reports, its workers measure and write none.
+        self.role = role
         self.progress = Progress([])
         self._point_items: dict[str, pytest.Item] = {}
         self._started: dict[str, float] = {}
         self._live_engine: EngineConfig | None = None
         self._leased_engine: EngineConfig | None = None
+        self._workers: dict[str, str] = {}  # point id -> the worker that measured it
         self.written: list[Path] = []
         self.write_failures: list[tuple[Path, str]] = []
         self.close_error: str | None = None
@@ -102,7 +113,7 @@ class GreenLLMSession:
         self.close()
         points = sweep.results.all_points([p.id for p in sweep.matrix.points])
         # A shard left with no point still reports, so that merging sees it ran.
-        if points or sweep.settings.shard is not None:
+        if (points or sweep.settings.shard is not None) and self.role != "worker":
             self.written, self.write_failures = sweep.report_context.write(points, meter_method)
         failed = self.close_error is not None or self.write_failures
         if failed and session.exitstatus == pytest.ExitCode.OK:
@@ -129,8 +140,15 @@ class GreenLLMSession:
             terminalreporter.write_line(f"greenllm: not in the baseline, not compared: {', '.join(new)}")
         if gone:
             terminalreporter.write_line(f"greenllm: in the baseline, not measured now: {', '.join(gone)}")
-        for line in self.driver.summary_lines(len(sweep.matrix.engine_configs)):
-            terminalreporter.write_line(f"greenllm: {line}")
+        if self.role == "controller":
+            workers = len(set(self._workers.values()))
+            terminalreporter.write_line(
+                f"greenllm: {count_of(len(self._workers), 'point')} measured by "
+                f"{count_of(workers, 'pytest-xdist worker')}, each engine configuration on one"
+            )
+        else:  # the controller's driver built nothing: its workers' did
+            for line in self.driver.summary_lines(len(sweep.matrix.engine_configs)):
+                terminalreporter.write_line(f"greenllm: {line}")
         for path in self.written:
             terminalreporter.write_line(f"greenllm: report written: {path}")
         for path, why in self.write_failures:
@@ -200,15 +218,23 @@ class GreenLLMSession:
         line = progress.point_line(record) if record is not None else progress.failed_line(nodeid)
         reporter.write_line(f"greenllm: {line}")
 
-    def lease_for(self, point: KnobPoint) -> None:
+    def received(self, record: PointRecord, worker: str) -> str:
+        """A point a parallel worker finished: journaled at once; returns its progress line."""
+        self.sweep.results.keep(record)
+        self._workers[record.id] = worker
+        self.progress.finished(record.point.engine, 0.0, None)
+        return f"{self.progress.point_line(record)} ({worker})"
+
+    def lease_for(self, point: KnobPoint, on_wait: Callable[[str], None] = lambda message: None) -> None:
         """Hold the GPUs of the point's engine configuration, where the sweep leases GPUs:
-        the engine of the lease before is shut down first, as it runs on those GPUs."""
+        the engine of the lease before is shut down first, as it runs on those GPUs.
+        ``on_wait`` hears, once, why a lease has to wait."""
         if self.sweep.leases is None or point.engine == self._leased_engine:
             return
         self._live_engine = None
         self.driver.close()
         self._leased_engine = None
-        self.sweep.lease(point.tp)
+        self.sweep.lease(point.tp, on_wait)
         self._leased_engine = point.engine
 
     def engine_for(self, spec: EngineSpec) -> tuple[object, float | None]:

@@ -24,7 +24,7 @@ from pytest_greenllm.endpoint import attach_endpoint
 from pytest_greenllm.engine import cpu_build_installed
 from pytest_greenllm.hints import CLI_PREFIX, Hint, HintedError
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand
-from pytest_greenllm.meter import EnergyMeter
+from pytest_greenllm.meter import EnergyMeter, IdleState
 from pytest_greenllm.report import Journal, ReportError, fingerprint, git_info, machine_info
 from pytest_greenllm.reporting import ReportContext, journal_path, settings_record
 from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_baseline
@@ -132,10 +132,12 @@ def prepare_reports(
     allow_mismatch: bool,
     flag_prefix: str,
     planned: Sequence[str] = (),
+    worker: bool = False,
 ) -> tuple[Results, ReportContext, list[str]]:
     """The session's Results and ReportContext, and notes for the header (their flags
     spelled with ``flag_prefix``); bad baselines and journals are SetupErrors. ``planned``:
-    the ids of the whole sweep, which a shard's report keeps for ``greenllm merge``."""
+    the ids of the whole sweep, which a shard's report keeps for ``greenllm merge``. A
+    parallel ``worker`` reads the journal but leaves writing it to its controller."""
     journal_file = journal_path(settings, root)
     outputs: list[tuple[Path, Hint | None]] = []
     if settings.json_path is not None:
@@ -153,7 +155,7 @@ def prepare_reports(
     print_ = fingerprint(backend, machine, settings.model.name, None, settings.mode)
     journal = Journal(journal_file, print_)
     notes: list[str] = []
-    results = Results(settings, journal, default_slos_apply=bool(backend.gpus))
+    results = Results(settings, journal, default_slos_apply=bool(backend.gpus), writes_journal=not worker)
     if not backend.gpus and not settings.slos_given:
         notes.append(
             "the default SLOs describe GPU serving and are not checked on the CPU"
@@ -163,7 +165,7 @@ def prepare_reports(
         if settings.resume_path is not None:
             results.resumed = journal.read()
             notes.append(f"resuming {settings.resume_path}: {len(results.resumed)} points kept from before")
-        elif journal.path.exists():
+        elif journal.path.exists() and not worker:
             # A journal of an earlier run at the same place: start it afresh.
             journal.path.unlink()
         if settings.baseline_path is not None:
@@ -189,19 +191,22 @@ class Sweep:
     notes: list[str] = field(default_factory=list)  # for the header
     flag_prefix: str = CLI_PREFIX
     leases: GpuLeases | None = None  # where engines run on GPUs that others may share
+    idle: IdleState | None = None  # measured before (by a parallel run's controller)
     _leased: list[Gpu] | None = None  # the GPUs of the engine now; None: the first tp
     _cuda_visible: str | None = None  # CUDA_VISIBLE_DEVICES as it was before any lease
     _meter: EnergyMeter | None = None
     _closed: bool = False
 
-    def lease(self, tp: int) -> list[Gpu]:
-        """Lease ``tp`` free GPUs for the next engine (waiting while others hold them),
-        after giving back the ones leased before, and make them the only ones CUDA shows the
-        engine; returns them. The caller shuts the engine of the old lease down first."""
+    def lease(self, tp: int, on_wait: Callable[[str], None] = lambda message: None) -> list[Gpu]:
+        """Lease ``tp`` free GPUs for the next engine (waiting while others hold them, said
+        once to ``on_wait``), after giving back the ones leased before, and make them the
+        only ones CUDA shows the engine; returns them. The caller shuts the engine of the
+        old lease down first."""
         if self.leases is None:
             raise ValueError("this sweep does not lease GPUs")
         if self._leased is None:
             self._cuda_visible = os.environ.get(CUDA_VISIBLE)
+        self.leases.on_wait = on_wait
         indices = self.leases.acquire(tp)
         self._leased = [self.backend.gpus[i] for i in indices]
         # NVML's order is the PCI bus order; CUDA numbers by speed unless told otherwise.
@@ -229,7 +234,10 @@ class Sweep:
                 min_window_s=s.min_window_s,
                 flag_prefix=self.flag_prefix,
             )
-            self._meter.measure_idle(max(s.min_window_s, 1.0))
+            if self.idle is not None:
+                self._meter.idle = self.idle
+            else:
+                self._meter.measure_idle(max(s.min_window_s, 1.0))
         return self._meter
 
     def meter_or_none(self) -> EnergyMeter | None:
@@ -342,14 +350,17 @@ def prepare_sweep(
     extra_problems: Callable[[KnobPoint], Iterable[str]] = lambda point: (),
     allow_mismatch: bool = False,
     flag_prefix: str = CLI_PREFIX,
+    worker: bool = False,
+    idle: IdleState | None = None,
 ) -> Sweep:
     """Open the device, build the matrix, prepare the reports; the device is closed again if
-    a later step fails."""
+    a later step fails. A parallel ``worker`` leaves the journal to its controller and
+    takes the ``idle`` power the controller measured."""
     settings, backend, endpoint_notes = open_setup(settings, make_backend, flag_prefix)
     try:
         matrix = build_matrix(settings, backend.capabilities, extra_problems)
         results, context, notes = prepare_reports(
-            settings, backend, root, allow_mismatch, flag_prefix, matrix.sweep_ids
+            settings, backend, root, allow_mismatch, flag_prefix, matrix.sweep_ids, worker
         )
     except BaseException:
         backend.close()
@@ -358,4 +369,6 @@ def prepare_sweep(
     leases = None
     if backend.gpus and settings.endpoint is None:
         leases = GpuLeases([gpu.info.uuid for gpu in backend.gpus])
-    return Sweep(settings, backend, matrix, results, context, endpoint_notes + notes, flag_prefix, leases)
+    sweep = Sweep(settings, backend, matrix, results, context, endpoint_notes + notes, flag_prefix, leases)
+    sweep.idle = idle
+    return sweep

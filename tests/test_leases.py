@@ -103,3 +103,24 @@ def test_a_sweep_leases_each_engines_gpus_and_measures_those(
     measured = [[label for label, _ in p["repeats"][0]["energy"]["per_device_j"]] for p in report["points"]]
     assert measured == [["gpu1"], ["gpu1", "gpu2"]]
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # put back as it was
+
+
+def test_a_sweep_waits_for_gpus_another_run_holds_and_says_so(
+    sweep: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    locks = tmp_path / "locks"
+    monkeypatch.setenv("GREENLLM_LOCK_DIR", str(locks))
+    monkeypatch.setenv("GREENLLM_FAKE_GPUS", "2")
+    other = GpuLeases([gpu.uuid for gpu in FakeNvml(gpus=2)._devices], locks, "another run")
+    other.acquire(2)
+    timer = threading.Timer(1.0, other.release)
+    timer.start()
+    started = time.monotonic()
+    result = sweep.runpytest(*sweep_knobs(0, 2, "8:2"))
+    timer.join()
+    other.close()
+    result.assert_outcomes(passed=1)
+    assert time.monotonic() - started >= 1.0
+    result.stdout.fnmatch_lines(
+        ["greenllm: pid * waits for 1 free GPU(s): gpu0: another run, gpu1: another run"]
+    )

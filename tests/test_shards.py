@@ -10,6 +10,7 @@ from fake_engine import sweep_knobs
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pytest_greenllm.cli import main
 from pytest_greenllm.knobs import EngineConfig, KnobPoint
 from pytest_greenllm.shards import ENGINE_BUILD_S, Shard, ShardError, parse_shard, split
 from pytest_greenllm.workloads import custom_workload
@@ -124,6 +125,13 @@ def test_shards_of_a_sweep_are_disjoint_whole_configurations_and_cover_it(sweep:
         assert len({p["config"]["batch"] for p in report["points"]}) == 1  # one whole configuration
         seen += ids
     assert sorted(seen) == sorted(whole)
+    # Merged, the shards are the unsharded sweep, point for point.
+    sweep.runpytest(*knobs, "--greenllm-json=whole.json").assert_outcomes(passed=6)
+    shards = [str(sweep.path / f"shard{index}.json") for index in (1, 2, 3)]
+    assert main(["merge", *shards, "--output", str(sweep.path / "merged.json")]) == 0
+    merged = json.loads((sweep.path / "merged.json").read_text())
+    unsharded = json.loads((sweep.path / "whole.json").read_text())
+    assert [p["id"] for p in merged["points"]] == [p["id"] for p in unsharded["points"]] == whole
 
 
 def test_a_shard_without_points_still_reports(sweep: pytest.Pytester) -> None:
