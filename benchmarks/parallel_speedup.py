@@ -1,15 +1,23 @@
 """How much faster does ``pytest --greenllm -n N`` sweep a node? 32 TP-1 points on the fake
 8-GPU device, at -n 1, 2, 4 and 8, as wall time and as speedup against the ideal.
 
-The engine is the test suite's fake (``tests/fake_engine.py``): its build and its steps are
-sleeps, so the points are as long as a real engine's would be without taking the CPU, and
-the fake device's power follows its load. 8 engine configurations (batch 1..8) of 4 points
-each (4 workloads); each point's window is ``--window`` seconds, each build ``--build``
-seconds. Ideal: the serial wall time (-n 0) divided by N. What parallel workers share is in
-the difference: their start-up (each imports pytest, the plugin and the fake, and collects),
-the controller's idle measurement, and the scheduling.
+The driver is the test suite's sleep driver (``tests/sleep_driver.py``): its builds and its
+steps are sleeps, so the points are as long as a real engine's would be without taking the
+CPU, and no worker imports vLLM; the fake device's power is held at half load. 8 engine
+configurations (batch 1..8) of 4 points each (4 workloads); each point's window is
+``--window`` seconds, each build ``--build`` seconds. Ideal: the serial wall time (-n 0)
+divided by N. What parallel workers share is in the difference: their start-up (each
+imports pytest, the plugin and the driver, and collects), the controller's idle
+measurement, and the scheduling.
 
-    python benchmarks/parallel_speedup.py [--window 4] [--build 2] [--workers 1,2,4,8]
+Defaults: the plugin's own 5 s minimum window, and a 30 s build (a real vLLM engine
+builds in about a minute on a GPU). Two costs do not shrink with N: the controller's idle
+measurement (as long as the minimum window) and each worker's start, which on a 2-core
+machine the workers share. Hypothesis's pytest plugin is left out of the
+runs: it comes with this repository's dev tools, not with the plugin, and would add a
+second to every worker's start.
+
+    python benchmarks/parallel_speedup.py [--window 5] [--build 30] [--workers 1,2,4,8]
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from tabulate import tabulate
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
-from fake_engine import BUILD_ENV, OWN_TESTS, STEP_ENV, conftest_source  # noqa: E402
+from fake_engine import OWN_TESTS  # noqa: E402
+from sleep_driver import BUILD_ENV, STEP_ENV, conftest_source  # noqa: E402
 
 
 def sweep(folder: Path, workers: int, window_s: float) -> float:
@@ -40,6 +49,8 @@ def sweep(folder: Path, workers: int, window_s: float) -> float:
         "-q",
         "-p",
         "no:cacheprovider",
+        "-p",
+        "no:hypothesispytest",
         "--greenllm-device=fake",
         "--greenllm-cooldown=0",
         f"--greenllm-min-window={window_s:g}",
@@ -66,14 +77,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--window", type=float, default=4.0, help="each point's window, s")
-    parser.add_argument("--build", type=float, default=2.0, help="each engine build, s")
+    parser.add_argument("--window", type=float, default=5.0, help="each point's window, s")
+    parser.add_argument("--build", type=float, default=30.0, help="each engine build, s")
     parser.add_argument("--workers", default="1,2,4,8")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="greenllm-speedup-") as tmp:
         folder = Path(tmp)
-        (folder / "conftest.py").write_text(conftest_source(on_gpus=True))
+        (folder / "conftest.py").write_text(conftest_source())
         (folder / "test_sweep.py").write_text("def test_point(greenllm_result):\n    pass\n")
         os.environ.update(
             {

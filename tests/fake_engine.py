@@ -27,7 +27,6 @@ from pytest_greenllm.engine import EngineCache, VllmOfflineDriver
 # Seconds per engine step: timings must be non-zero, and a sweep must be slow enough to kill.
 STEP_ENV = "GREENLLM_TEST_FAKE_STEP_S"
 DEFAULT_STEP_S = 0.003
-BUILD_ENV = "GREENLLM_TEST_FAKE_BUILD_S"  # seconds an engine build takes
 
 
 @dataclass(frozen=True)
@@ -143,10 +142,8 @@ class FakeLLM:
 
 
 def build_fake(spec: Any) -> FakeLLM:
-    """The engine cache's ``build``: a fake sized like the spec's engine configuration,
-    taking as long to build as ``$GREENLLM_TEST_FAKE_BUILD_S`` says."""
+    """The engine cache's ``build``: a fake sized like the spec's engine configuration."""
     step_s = float(os.environ.get(STEP_ENV, DEFAULT_STEP_S))
-    time.sleep(float(os.environ.get(BUILD_ENV, "0")))
     return FakeLLM(FakeEngine(spec.config.max_num_seqs, step_s))
 
 
@@ -159,15 +156,14 @@ def fake_driver() -> VllmOfflineDriver:
     return VllmOfflineDriver(EngineCache(build=build_fake, shutdown=shutdown_fake))
 
 
-def conftest_source(on_gpus: bool = False) -> str:
+def conftest_source() -> str:
     """A conftest for a pytester directory that supplies the fake through the plugin's
-    ``pytest_greenllm_make_driver`` hook. ``on_gpus``: the fake engine runs on the fake
-    device's GPUs, so TP is bounded by them, not by the cores of vLLM's CPU build."""
-    gpus = "import pytest_greenllm.sweep\npytest_greenllm.sweep.cpu_build_installed = lambda: False\n"
+    ``pytest_greenllm_make_driver`` hook."""
     return (
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
-        "import fake_engine\n" + (gpus if on_gpus else "") + "\n"
+        "import fake_engine\n"
+        "\n"
         "def pytest_greenllm_make_driver(config, settings):\n"
         "    return fake_engine.fake_driver()\n"
     )

@@ -84,14 +84,19 @@ def test_a_killed_holder_leaves_its_gpus_free(tmp_path: Path) -> None:
     leases.close()
 
 
+def another_run(monkeypatch: pytest.MonkeyPatch, locks: Path, gpus: int) -> GpuLeases:
+    """The leases of another run on a box of ``gpus`` fake GPUs, which the sweep shares."""
+    monkeypatch.setenv("GREENLLM_LOCK_DIR", str(locks))
+    monkeypatch.setenv("GREENLLM_FAKE_GPUS", str(gpus))
+    return GpuLeases([gpu.uuid for gpu in FakeNvml(gpus=gpus)._devices], locks, "another run")
+
+
 def test_a_sweep_leases_each_engines_gpus_and_measures_those(
     sweep: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     locks = tmp_path / "locks"
-    monkeypatch.setenv("GREENLLM_LOCK_DIR", str(locks))
-    monkeypatch.setenv("GREENLLM_FAKE_GPUS", "4")
     # Another run on the box holds the first GPU: this one must take the others.
-    other = GpuLeases([gpu.uuid for gpu in FakeNvml(gpus=4)._devices], locks, "another run")
+    other = another_run(monkeypatch, locks, 4)
     assert other.acquire(1) == [0]
     result = sweep.runpytest(*sweep_knobs(0, 2, "8:2"), "--greenllm-tp=1,2", "--greenllm-json=r.json")
     other.close()
@@ -108,10 +113,7 @@ def test_a_sweep_leases_each_engines_gpus_and_measures_those(
 def test_a_sweep_waits_for_gpus_another_run_holds_and_says_so(
     sweep: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    locks = tmp_path / "locks"
-    monkeypatch.setenv("GREENLLM_LOCK_DIR", str(locks))
-    monkeypatch.setenv("GREENLLM_FAKE_GPUS", "2")
-    other = GpuLeases([gpu.uuid for gpu in FakeNvml(gpus=2)._devices], locks, "another run")
+    other = another_run(monkeypatch, tmp_path / "locks", 2)
     other.acquire(2)
     timer = threading.Timer(1.0, other.release)
     timer.start()

@@ -1,4 +1,4 @@
-"""``pytest --greenllm -n N`` on the fake 8-GPU device with the fake engine: one report with
+"""``pytest --greenllm -n N`` on the fake 8-GPU device with the sleep driver: one report with
 every point once, the same points and verdicts as a serial run, no GPU held twice at once,
 and a killed controller loses no finished point."""
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_engine import BUILD_ENV, OWN_TESTS, STEP_ENV, conftest_source
+from fake_engine import OWN_TESTS
+from sleep_driver import BUILD_ENV, STEP_ENV, conftest_source
 
 from pytest_greenllm.devices.leases import LOG_NAME
 from pytest_greenllm.parallel import engine_scope
@@ -42,7 +43,7 @@ def parallel(
     monkeypatch.setenv("GREENLLM_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv(STEP_ENV, "0.01")
     monkeypatch.setenv(BUILD_ENV, "0.2")
-    pytester.makeconftest(conftest_source(on_gpus=True))
+    pytester.makeconftest(conftest_source())
     pytester.makepyfile(test_sweep="def test_point(greenllm_result):\n    pass\n")
     return pytester
 
