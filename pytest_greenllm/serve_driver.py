@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from pytest_greenllm.driver import EngineFailed, EngineSpec, StepObserver
@@ -161,7 +162,6 @@ class EndpointDriver(_ServedDriver):
 
     endpoint: Endpoint
     request_timeout_s: float = REQUEST_TIMEOUT_S
-    _metrics: dict[str, str | None] = field(default_factory=dict)  # asked once: URL or None
 
     def engine(self, spec: EngineSpec) -> Endpoint:
         return self.endpoint
@@ -182,10 +182,12 @@ class EndpointDriver(_ServedDriver):
     def metrics_url(self, spec: EngineSpec) -> str | None:
         """The server's Prometheus metrics where it exports them (vLLM, SGLang and TGI do);
         asked once."""
-        if "url" not in self._metrics:
-            url = f"{self.endpoint.url.rstrip('/')}/metrics"
-            self._metrics["url"] = url if exports_metrics(url) else None
-        return self._metrics["url"]
+        return self._metrics_url
+
+    @cached_property
+    def _metrics_url(self) -> str | None:
+        url = f"{self.endpoint.url.rstrip('/')}/metrics"
+        return url if exports_metrics(url) else None
 
     def close(self) -> None:
         """Nothing to stop: the server is not greenllm's."""

@@ -34,6 +34,8 @@ import threading
 import time
 from typing import Any
 
+from fake_server import say_bind_error  # the script's folder is on sys.path
+
 MODES = ("ok", "errors", "hang", "no-health", "early-eos")
 DIE_AFTER = "die-after="
 DIE_SLOWLY_AFTER = "die-slowly-after="
@@ -214,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(address, args.model, args.mode, args.token_s)
     except OSError as e:
-        # uvicorn's own words when the port is taken.
-        print(
-            f"ERROR:    [Errno {e.errno}] error while attempting to bind on address {address}: "
-            f"{(e.strerror or '').lower()}",
-            flush=True,
-        )
+        say_bind_error(e, address)
         return 1
     print(f"fake openai server {os.getpid()}: listening on http://{HOST}:{args.port}", flush=True)
     server.serve_forever()

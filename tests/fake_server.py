@@ -33,6 +33,15 @@ class Health(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
 
+def say_bind_error(e: OSError, address: tuple[str, int]) -> None:
+    """What uvicorn prints when the port is taken."""
+    print(
+        f"ERROR:    [Errno {e.errno}] error while attempting to bind on address {address}: "
+        f"{(e.strerror or '').lower()}",
+        flush=True,
+    )
+
+
 def ignore_sigterm(signum: int, frame: FrameType | None) -> None:
     print(f"fake server {os.getpid()}: ignoring SIGTERM", flush=True)
 
@@ -81,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if args.bind_error == "vllm":
             raise  # vLLM 0.32 binds the socket itself: a traceback ending in the OSError
-        # uvicorn's own words when the port is taken.
-        print(
-            f"ERROR:    [Errno {e.errno}] error while attempting to bind on address {address}: "
-            f"{(e.strerror or '').lower()}",
-            flush=True,
-        )
+        say_bind_error(e, address)
         return 1
     print(f"fake server {os.getpid()}: listening on {address}", flush=True)
     server.serve_forever()
