@@ -25,7 +25,11 @@ def test_energy_knob_point(
     greenllm_point: KnobPoint, greenllm_settings: Settings, greenllm_result: PointResult
 ) -> None:
     expected_requests = request_count(greenllm_point.batch, greenllm_settings.requests)
-    assert len(greenllm_result.repeats) == greenllm_settings.repeats
+    repeats = len(greenllm_result.repeats)
+    if greenllm_settings.auto_repeats:
+        assert greenllm_settings.repeats <= repeats <= greenllm_settings.max_repeats
+    else:
+        assert repeats == greenllm_settings.repeats
     for repeat in greenllm_result.repeats:
         metrics = repeat.metrics
         # Failed requests are in the point's record (and its goodput); the point fails.

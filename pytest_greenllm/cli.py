@@ -22,8 +22,10 @@ from pytest_greenllm.devices.guard import STATE_ENV, ClockGuard, default_state_p
 from pytest_greenllm.devices.nvml import NvmlSession, load_pynvml
 from pytest_greenllm.doctor import diagnose
 from pytest_greenllm.export import bencher, csv_text, github_action_benchmark
+from pytest_greenllm.gate import INCONCLUSIVE_POLICIES
 from pytest_greenllm.hints import CLI_PREFIX, HintedError
 from pytest_greenllm.history import DEFAULT_HISTORY, load_history
+from pytest_greenllm.html_report import OutputError, draw_report
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.loads import CpuSpinLoad, Load, gpu_load
 from pytest_greenllm.merge import merge_files
@@ -76,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="compare two JSON reports point by point",
         description="Every knob point both reports hold, with deltas and the energy verdict "
-        "(J/output-token and average power over repeats: worse by more than the tolerance "
-        "and credibly so). Exit 0: nothing regressed; 1: something did; 2: bad input.",
+        "(J/output-token and average power over repeats, judged by the gate of docs/gate.md: "
+        "regressed, ok, or inconclusive where the repeats are too few for their noise). "
+        "Exit 0: nothing regressed; 1: something did (or was inconclusive, with "
+        "--inconclusive=fail); 2: bad input.",
     )
     compare.add_argument(
         "base",
@@ -111,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="also append the output to FILE (e.g. $GITHUB_STEP_SUMMARY)",
+    )
+    compare.add_argument(
+        "--inconclusive",
+        choices=INCONCLUSIVE_POLICIES,
+        default="warn",
+        help="what a point whose repeats cannot settle the verdict does: fail exits 1; warn "
+        "and pass exit 0 (both list it). Default: warn.",
     )
     compare.add_argument(
         "--missing-baseline",
@@ -205,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="github-action-benchmark: write smaller-is-better.json and "
         "bigger-is-better.json here. Default: the current directory.",
     )
+    figures = commands.add_parser(
+        "report",
+        help="draw the paper's figures of a report into one self-contained HTML page",
+        description='The figures of "Towards Greener LLMs" for the axes the sweep has: metrics '
+        "against the GPU clock (RQ1) and TP (RQ2), a batch x clock energy heatmap with the SLO "
+        "boundary (RQ3), the best configuration per objective against the maximum-clock default "
+        "(RQ4), the Pareto frontier, the prefill/decode split, the power-limit axis and the "
+        "setup. One HTML file with inline SVG and nothing fetched. Needs matplotlib. Exit 0: "
+        "written; 2: bad input.",
+    )
+    figures.add_argument("report", type=Path, help="a JSON report (--greenllm-json)")
+    figures.add_argument(
+        "--html", type=Path, required=True, metavar="FILE", help="write the page here (its folder must exist)"
+    )
+    figures.add_argument(
+        "--png", type=Path, default=None, metavar="DIR", help="also write one PNG per figure into DIR"
+    )
     return parser
 
 
@@ -276,14 +304,15 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         head = load_report(args.head)
         history = load_history(args.base, head.fingerprint, args.allow_mismatch, args.history)
-        comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch)
+        comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch, history.pooled)
     except ReportError as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     markdown = args.format == "markdown"
     comparison.notes[:0] = history.lines()
     _emit(render_comparison(comparison, markdown=markdown), args.output)
-    return EXIT_FAILED if comparison.regressed else EXIT_OK
+    unsettled = comparison.inconclusive and args.inconclusive == "fail"
+    return EXIT_FAILED if comparison.regressed or unsettled else EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -347,6 +376,16 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    try:
+        report = load_report(args.report)
+        draw_report(report, args.report, args.html, args.png)
+    except (ReportError, OutputError, PlotUnavailable) as e:
+        print(f"greenllm: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def _doctor(args: argparse.Namespace) -> int:
     try:
         window = float(args.window)
@@ -383,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recommend": _recommend,
         "knobs": _knobs,
         "export": _export,
+        "report": _report,
         "doctor": _doctor,
     }
     try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
+from pytest_greenllm.gate import INCONCLUSIVE, OK, REGRESSED, point_verdict
 from pytest_greenllm.record import (
     AVG_POWER,
     J_PER_TOKEN,
@@ -18,6 +19,7 @@ from pytest_greenllm.record import (
     energy_regressions,
 )
 from pytest_greenllm.report import ReportError, check_setup
+from pytest_greenllm.verdicts import Regression
 
 
 class CompareError(ReportError):
@@ -36,8 +38,9 @@ class Row:
     base_j_per_token: float | None  # Units: J/token.
     head_j_per_token: float | None  # Units: J/token.
     deltas: tuple[float | None, ...]  # relative change of each of DELTAS; None: unknown
-    verdict: str  # REGRESSED, improved, ok or 'no energy'
+    verdict: str  # REGRESSED, improved, ok, inconclusive or 'no energy'
     method: str  # of the regression test, '-' without one
+    repeats: str  # baseline vs head repeats judged, '-' without a test
 
 
 @dataclass
@@ -53,6 +56,10 @@ class Comparison:
     def regressed(self) -> list[str]:
         return [r.id for r in self.rows if r.verdict == "REGRESSED"]
 
+    @property
+    def inconclusive(self) -> list[str]:
+        return [r.id for r in self.rows if r.verdict == INCONCLUSIVE]
+
 
 def _delta(metric: SummaryMetric, base: Summary, head: Summary) -> float | None:
     before, now = metric.of(base), metric.of(head)
@@ -61,8 +68,23 @@ def _delta(metric: SummaryMetric, base: Summary, head: Summary) -> float | None:
     return now / before - 1
 
 
-def compare_reports(base: Report, head: Report, tolerance: float, allow_mismatch: bool = False) -> Comparison:
-    """Compare J/output-token and average power of shared points over their repeats."""
+def _verdict(regressions: list[Regression], tolerance: float) -> str:
+    verdict = point_verdict([r.outcome for r in regressions])
+    if verdict is None:
+        return "no energy"
+    if verdict == REGRESSED:
+        return "REGRESSED"
+    if verdict == OK and all(r.increase < -tolerance for r in regressions):
+        return "improved"
+    return verdict
+
+
+def compare_reports(
+    base: Report, head: Report, tolerance: float, allow_mismatch: bool = False, history: bool = False
+) -> Comparison:
+    """Judge J/output-token and average power of shared points over their repeats, with the
+    gate of gate.py (one look: the repeats each report has). ``history``: ``base`` pools
+    several reports, whose spread is the noise."""
     differences = check_setup(base.fingerprint, head.fingerprint, "the base", allow=allow_mismatch)
     base_points = {p.id: p.summary for p in base.points}
     head_points = {p.id: p.summary for p in head.points}
@@ -72,23 +94,17 @@ def compare_reports(base: Report, head: Report, tolerance: float, allow_mismatch
     rows = []
     for point_id in shared:
         b, h = base_points[point_id], head_points[point_id]
-        verdicts = energy_regressions(b, h, tolerance)
-        if not verdicts:
-            verdict = "no energy"
-        elif any(v.regressed for v in verdicts):
-            verdict = "REGRESSED"
-        elif all(v.increase < -tolerance for v in verdicts):
-            verdict = "improved"
-        else:
-            verdict = "ok"
+        regressions = energy_regressions(b, h, tolerance, history=history)
+        counts = {f"{r.repeats[0]} vs {r.repeats[1]}" for r in regressions if r.repeats}
         rows.append(
             Row(
                 point_id,
                 J_PER_TOKEN.of(b),
                 J_PER_TOKEN.of(h),
                 tuple(_delta(metric, b, h) for metric in DELTAS),
-                verdict,
-                verdicts[0].method if verdicts else "-",
+                _verdict(regressions, tolerance),
+                regressions[0].method if regressions else "-",
+                ", ".join(sorted(counts)) or "-",
             )
         )
     notes = [f"setups differ: {line}" for line in differences]
@@ -115,6 +131,7 @@ def render(comparison: Comparison, markdown: bool) -> str:
         "TTFT p99",
         "TBT p99",
         "out tok/s",
+        "repeats",
         "verdict",
     )
     rows = [
@@ -123,6 +140,7 @@ def render(comparison: Comparison, markdown: bool) -> str:
             r.base_j_per_token,
             r.head_j_per_token,
             *(_pct(delta) for delta in r.deltas),
+            r.repeats,
             f"**{r.verdict}**" if markdown and r.verdict == "REGRESSED" else r.verdict,
         )
         for r in comparison.rows
@@ -139,6 +157,15 @@ def render(comparison: Comparison, markdown: bool) -> str:
         f"{len(regressed)} of {len(comparison.rows)} shared points regressed"
         + (f": {', '.join(regressed)}" if regressed else "")
     )
+    methods = sorted({r.method for r in comparison.rows if r.method != "-"})
+    if methods:
+        lines.append(f"energy judged by the gate of docs/gate.md, noise from: {', '.join(methods)}")
+    inconclusive = comparison.inconclusive
+    if inconclusive:
+        lines.append(
+            f"{len(inconclusive)} inconclusive (the repeats are too few for their noise; more "
+            f"repeats, or --greenllm-repeats=auto, settle them): {', '.join(inconclusive)}"
+        )
     if comparison.only_base:
         lines.append(f"only in base (not compared): {', '.join(comparison.only_base)}")
     if comparison.only_head:

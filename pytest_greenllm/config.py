@@ -20,6 +20,7 @@ import pytest
 
 from pytest_greenllm.arrivals import CLOSED_LOOP, RATE_KINDS, Load
 from pytest_greenllm.devices.base import DEVICE_KINDS
+from pytest_greenllm.gate import INCONCLUSIVE_POLICIES, MIN_REPEATS
 from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model, unresolved_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, KnobOption
@@ -75,6 +76,32 @@ def parse_positive_int(raw: Raw, what: str) -> int:
     if not raw.text.strip().isdigit() or int(raw.text) < 1:
         raise raw.error(f"{what} must be a whole number >= 1")
     return int(raw.text)
+
+
+def parse_repeats(raw: Raw) -> tuple[int, bool]:
+    """(the fixed count, sequential): a whole number >= 1, or 'auto'."""
+    if raw.text.strip().lower() == "auto":
+        return MIN_REPEATS, True
+    if not raw.text.strip().isdigit() or int(raw.text) < 1:
+        raise raw.error("the repeat count must be a whole number >= 1, or 'auto'")
+    return int(raw.text), False
+
+
+def parse_max_repeats(raw: Raw, auto: bool) -> int:
+    """The most repeats 'auto' spends: a whole number >= 2; only with 'auto'."""
+    if raw.given and not auto:
+        raise raw.error(f"it applies to {raw.flag_prefix}repeats=auto only; give that too, or drop it")
+    if not raw.text.strip().isdigit() or int(raw.text) < MIN_REPEATS:
+        raise raw.error(f"the most repeats must be a whole number >= {MIN_REPEATS}")
+    return int(raw.text)
+
+
+def parse_inconclusive(raw: Raw) -> str:
+    """fail, pass or warn."""
+    value = raw.text.strip().lower()
+    if value not in INCONCLUSIVE_POLICIES:
+        raise raw.error(f"use one of {', '.join(INCONCLUSIVE_POLICIES)}")
+    return value
 
 
 def parse_freqs(raw: Raw) -> FreqRequest:
@@ -406,7 +433,10 @@ class Settings:
     endpoint_model: str | None  # the model to ask the endpoint for; None: its only one
     endpoint_gpus: EndpointGpus  # where the endpoint's energy is read; (): not measured
     shard: Shard | None  # the part of the sweep this node runs; None: all of it
-    repeats: int
+    repeats: int  # the fixed count; with auto_repeats, the fewest
+    auto_repeats: bool  # sequential: more repeats until the energy verdict is settled
+    max_repeats: int  # the most auto_repeats spends
+    inconclusive: str  # fail, pass or warn: what an unsettled energy verdict does
     requests: int | None  # None: 'auto', see workloads.request_count
     seed: int
     trace: Trace | None
@@ -464,6 +494,7 @@ class Settings:
         # An endpoint's model is the name it serves, which need not exist here: what it is
         # comes from the endpoint when the sweep connects (endpoint.attach_endpoint).
         model = parse_model(raw["model"]) if endpoint is None else unresolved_model(endpoint_model or "")
+        repeats, auto_repeats = parse_repeats(raw["repeats"])
         return cls(
             enabled=enabled,
             freqs=parse_freqs(raw["freqs"]),
@@ -477,7 +508,10 @@ class Settings:
             endpoint_model=endpoint_model,
             endpoint_gpus=parse_endpoint_gpus(raw["endpoint-gpus"]),
             shard=parse_shard_option(raw["shard"]),
-            repeats=parse_positive_int(raw["repeats"], "the repeat count"),
+            repeats=repeats,
+            auto_repeats=auto_repeats,
+            max_repeats=parse_max_repeats(raw["max-repeats"], auto_repeats),
+            inconclusive=parse_inconclusive(raw["inconclusive"]),
             requests=parse_requests(raw["requests"]),
             seed=parse_seed(raw["seed"]),
             trace=trace,
@@ -498,6 +532,11 @@ class Settings:
             resume_path=parse_existing_path(raw["resume"]),
             engine_args=parse_engine_args(raw["engine-arg"]),
         )
+
+    @property
+    def planned_repeats(self) -> int:
+        """The most repeats a point may take."""
+        return self.max_repeats if self.auto_repeats else self.repeats
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+from pytest_greenllm.bench import benchmark_rounds
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.devices.base import Gpu
 from pytest_greenllm.driver import EngineFailed
@@ -16,7 +17,7 @@ from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import POINT_FIXTURE, PYTEST_PREFIX
 from pytest_greenllm.record import PointResult
-from pytest_greenllm.runner import measure_point, result_properties
+from pytest_greenllm.runner import PointRun, measure, plain_rounds, result_properties
 from pytest_greenllm.session import (
     SKIP_REASON,
     GreenLLMSession,
@@ -176,12 +177,15 @@ def greenllm_result(
     """Measure this point, at its clock and power limit: warm-up, then every repeat inside an
     energy window, then judge it.
 
-    The result goes to the journal at once and to the report at the end, its key figures
-    into the test's ``user_properties`` (and so into ``--junitxml``) and, when the test
-    uses pytest-benchmark's ``benchmark`` fixture, into ``benchmark.extra_info``. A missed
-    SLO or an energy regression fails the test (after its body ran) with one line per
-    finding. An engine failure fails this point with the engine's message; the next point
-    gets a fresh engine.
+    Each repeat is a round of pytest-benchmark's ``benchmark.pedantic`` (bench.py), where
+    pytest-benchmark records and the test does not name ``benchmark`` itself; with
+    ``--greenllm-repeats=auto``, repeats are added until the energy verdict against the
+    baseline is settled. The result goes to the journal at once and to the report at the
+    end, its key figures into the test's ``user_properties`` (and so into ``--junitxml``)
+    and ``benchmark.extra_info``. A missed SLO or an energy regression (or an inconclusive
+    one, with ``--greenllm-inconclusive=fail``) fails the test (after its body ran) with one
+    line per finding. An engine failure fails this point with the engine's message; the
+    next point gets a fresh engine.
     """
     __tracebackhide__ = True
     sweep, driver = greenllm_session.sweep, greenllm_session.driver
@@ -195,16 +199,9 @@ def greenllm_result(
         _, build_s = greenllm_session.engine_for(spec)
         if build_s is not None:
             request.node.stash[build_time_key] = build_s
-        result = measure_point(
-            sweep.settings,
-            driver,
-            meter,
-            sources,
-            spec,
-            greenllm_point,
-            locked_clocks,
-            sources_note=note,
-        )
+        run = PointRun(sweep.settings, driver, meter, sources, spec, greenllm_point, locked_clocks, note)
+        bench = benchmark_rounds(request)
+        result = measure(run, sweep.settings, sweep.results.settled, bench or plain_rounds)
     except EngineFailed as e:
         failure = f"{greenllm_point.id}: {e}"
     if failure is not None:
@@ -217,9 +214,13 @@ def greenllm_result(
     request.node.stash[point_record_key] = record
     properties = result_properties(record)
     request.node.user_properties.extend(properties)
-    if "benchmark" in request.fixturenames:
+    if bench is not None and bench.fixture is not None:
+        bench.fixture.extra_info.update(dict(properties))
+    elif "benchmark" in request.fixturenames:
         request.getfixturevalue("benchmark").extra_info.update(dict(properties))
     # Judged when the test body has run, so that a verdict fails the test, not its setup.
     if record.verdicts is not None:
-        request.node.stash[verdict_failures_key] = record.verdicts.failures(record.id)
+        request.node.stash[verdict_failures_key] = record.verdicts.failures(
+            record.id, sweep.settings.inconclusive
+        )
     return result

@@ -33,6 +33,11 @@ class History:
     used: list[Path]
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
+    @property
+    def pooled(self) -> bool:
+        """Several reports: their spread is the noise the gate judges with (gate.py)."""
+        return len(self.used) > 1
+
     def lines(self) -> list[str]:
         """What was used and refused, to print above a comparison."""
         out = [f"baseline: {', '.join(str(p) for p in self.used)}"]

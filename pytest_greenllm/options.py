@@ -114,7 +114,22 @@ OPTIONS: tuple[KnobOption, ...] = (
         "'auto' reads Slurm's array task, a Kubernetes indexed Job's completion index (with "
         "$GREENLLM_SHARD_TOTAL) or $GREENLLM_SHARD_INDEX and $GREENLLM_SHARD_TOTAL.",
     ),
-    KnobOption("repeats", "N", "1", "Runs of every knob point."),
+    KnobOption(
+        "repeats",
+        "N",
+        "1",
+        "Runs of every knob point; 'auto' runs 2, then one more at a time until the energy "
+        "verdict against the baseline is settled (regressed or ok), at most "
+        "--greenllm-max-repeats (docs/gate.md).",
+    ),
+    KnobOption("max-repeats", "N", "10", "The most runs --greenllm-repeats=auto spends on a point."),
+    KnobOption(
+        "inconclusive",
+        "WHAT",
+        "warn",
+        "What an energy verdict that the repeats could not settle does: 'fail' fails the "
+        "point, 'warn' lists it in the summary, 'pass' only records it in the report.",
+    ),
     KnobOption(
         "requests",
         "N",
@@ -179,8 +194,9 @@ OPTIONS: tuple[KnobOption, ...] = (
         "baseline",
         "PATH",
         "",
-        "A previous JSON report: every point in both fails if its J/output-token or "
-        "average power rose by more than the tolerance, credibly (bootstrap over repeats).",
+        "A previous JSON report, or a folder of them (the most recent matching ones are "
+        "pooled): every point in both fails if its J/output-token or average power rose by "
+        "more than the tolerance, credibly over the repeats (docs/gate.md).",
     ),
     KnobOption(
         "energy-tolerance",

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+from pytest_greenllm.gate import INCONCLUSIVE
 from pytest_greenllm.knobs import count_of
 from pytest_greenllm.record import AVG_POWER, J_PER_TOKEN, OUTPUT_THROUGHPUT, TBT_P99, TTFT_P99, PointRecord
 
@@ -98,6 +99,8 @@ class Progress:
             if (value := metric.of(s)) is not None
         ]
         verdict = "" if record.slo_met and not record.regressed else " (verdict: failed)"
+        if record.verdicts is not None and record.verdicts.energy == INCONCLUSIVE:
+            verdict += f" (energy inconclusive after {count_of(len(record.repeats), 'repeat')})"
         if record.unforced:
             verdict += f" ({count_of(record.unforced, 'output')} not of the forced length)"
         return f"[{self.done}/{len(self.planned)}] {record.id}: {', '.join(figures)}{verdict}; {self._left()}"

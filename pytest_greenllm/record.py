@@ -29,6 +29,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import cattrs
 
+from pytest_greenllm.gate import INCONCLUSIVE, point_verdict
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics
 from pytest_greenllm.phases import PhaseSplit
@@ -256,17 +257,23 @@ SUMMARY_METRICS = (
 GATED_METRICS = (J_PER_TOKEN, AVG_POWER)
 
 
-def energy_regressions(base: Summary, head: Summary, tolerance: float) -> list[Regression]:
-    """The regression test of every gated metric both summaries have repeats of."""
-    out = []
+def energy_regressions(
+    base: Summary, head: Summary, tolerance: float, looks: tuple[int, ...] = (), history: bool = False
+) -> list[Regression]:
+    """The regression test of every gated metric both summaries have repeats of; the point's
+    false-alarm rate is split over them. ``looks`` and ``history``: see ``verdicts.regression``."""
+    pairs = []
     for metric in GATED_METRICS:
         # An undefined repeat (no token, no energy) carries nothing to compare; a baseline
         # that measured no energy (windows too short for the counter) neither.
         before = [v for v in metric.repeats(base) if v is not None]
         now = [v for v in metric.repeats(head) if v is not None]
-        if before and now and sum(before) > 0:
-            out.append(regression(metric.key, before, now, tolerance))
-    return out
+        if before and now and all(v > 0 for v in before):
+            pairs.append((metric, before, now))
+    return [
+        regression(metric.key, before, now, tolerance, metrics=len(pairs), looks=looks, history=history)
+        for metric, before, now in pairs
+    ]
 
 
 @dataclass(frozen=True)
@@ -317,10 +324,18 @@ class Verdicts:
     def regressed(self) -> bool:
         return any(r.regressed for r in self.regressions)
 
-    def failures(self, point_id: str) -> list[str]:
-        """One line per missed SLO or regression."""
+    @property
+    def energy(self) -> str | None:
+        """The point's energy verdict (gate.point_verdict); None: not compared."""
+        return point_verdict([r.outcome for r in self.regressions])
+
+    def failures(self, point_id: str, inconclusive: str = "warn") -> list[str]:
+        """One line per missed SLO or regression; an inconclusive energy verdict too where
+        ``inconclusive`` is 'fail'."""
         lines = [v.message(point_id) for v in self.slo_violations]
         lines += [r.message(point_id) for r in self.regressions if r.regressed]
+        if inconclusive == "fail" and self.energy == INCONCLUSIVE:
+            lines += [r.message(point_id) for r in self.regressions if r.outcome == INCONCLUSIVE]
         return lines
 
 
@@ -375,6 +390,7 @@ class PointRecord:
                 "slo_violations": _plain(v.slo_violations),
                 "regressions": _plain(v.regressions),
                 "regressed": v.regressed,
+                "energy": v.energy,
                 "goodput": {
                     "good_requests": v.goodput.good_requests,
                     "requests": v.goodput.requests,

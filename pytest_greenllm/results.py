@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_greenllm.config import Settings, slo_for
-from pytest_greenllm.history import load_history
+from pytest_greenllm.gate import INCONCLUSIVE, point_verdict
+from pytest_greenllm.history import History, load_history
 from pytest_greenllm.record import PointRecord, PointResult, Report, Verdicts, energy_regressions
 from pytest_greenllm.report import Journal, check_setup, write_report
 from pytest_greenllm.verdicts import Regression, Slo, goodput, slo_violations
@@ -31,6 +32,8 @@ class Results:
     records: list[PointRecord] = field(default_factory=list)
     # A parallel worker's points go to the controller, which alone writes the journal.
     writes_journal: bool = True
+    # The baseline pools a history of reports: its spread is the noise (gate.py).
+    baseline_history: bool = False
 
     def judge(self, record: PointRecord) -> Verdicts:
         """SLO, goodput and, with a baseline, the regression test of one point."""
@@ -61,7 +64,19 @@ class Results:
         base = None if self.baseline is None else self.baseline.point(record.id)
         if base is None:
             return []
-        return energy_regressions(base.summary, record.summary, self.settings.energy_tolerance)
+        settings = self.settings
+        # A sequential run is judged with the boundary of every look it could have taken,
+        # so that its error rates hold however many it took (gate.py).
+        looks = tuple(range(settings.repeats, settings.max_repeats + 1)) if settings.auto_repeats else ()
+        return energy_regressions(
+            base.summary, record.summary, settings.energy_tolerance, looks, self.baseline_history
+        )
+
+    def settled(self, result: PointResult) -> bool:
+        """Whether the energy verdict of a point's repeats so far needs no more repeats:
+        no baseline to compare with, or the verdict is not inconclusive."""
+        regressions = self._regressions(PointRecord.of(result))
+        return point_verdict([r.outcome for r in regressions]) != INCONCLUSIVE
 
     def record(self, result: PointResult) -> PointRecord:
         """Judge a finished point, keep it, and append it to the journal at once."""
@@ -90,13 +105,13 @@ class Results:
         return sorted(measured - base), sorted(base - measured)
 
 
-def load_baseline(path: Path, fingerprint: dict[str, Any], allow_mismatch: bool) -> tuple[Report, list[str]]:
+def load_baseline(path: Path, fingerprint: dict[str, Any], allow_mismatch: bool) -> tuple[History, list[str]]:
     """The baseline: one report, or a folder's recent matching reports pooled; the baseline
     of another setup is refused (SetupMismatch). Returns it and notes to print."""
     history = load_history(path, fingerprint, allow_mismatch)
     differences = check_setup(history.report.fingerprint, fingerprint, str(path), allow=True)
     notes = history.lines() + [f"baseline differs: {line}" for line in differences]
-    return history.report, notes
+    return history, notes
 
 
 def autosave_path(root: Path, git: dict[str, Any] | None) -> Path:

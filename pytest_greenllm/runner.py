@@ -123,52 +123,107 @@ def unforced_lengths(passes: Sequence[Sequence[RequestRecord]], requests: Sequen
     )
 
 
-def measure_point(
-    settings: Settings,
-    driver: Driver,
-    meter: EnergyMeter | None,
-    sources: Sequence[EnergySource] | None,
-    spec: EngineSpec,
-    point: KnobPoint,
-    locked_clock_mhz: int | None,
-    sources_note: str | None = None,
-) -> PointResult:
-    """Warm up, then run the point's workload ``repeats`` times, each inside an energy window
-    over ``sources`` (every source of ``meter`` if None); no window without a meter. A window
-    shorter than the meter's minimum runs the requests again until it is long enough.
-    ``sources_note`` says why the sources are more than the point's own, into each repeat's
-    energy warnings."""
-    driver.warm_up(spec, f"{point.id}-warm")
-    count = request_count(point.batch, settings.requests)
-    requests = build_requests(point.workload, count, settings.seed, settings.trace)
-    arrivals = arrival_offsets(point.load, [r.arrival_s for r in requests], settings.seed)
-    repeats = []
-    for index in range(settings.repeats):
-        if meter is not None and settings.cooldown_s > 0:
-            meter.cool_down(settings.cooldown_s, sources=sources)
+# Runs ``target`` ``rounds`` times with ``setup`` before each (outside any timing): plainly, or
+# through pytest-benchmark (bench.py).
+Rounds = Callable[[Callable[[], object], Callable[[], object], int], None]
+
+
+def plain_rounds(target: Callable[[], object], setup: Callable[[], object], rounds: int) -> None:
+    """``rounds`` runs of ``target``, each after ``setup``."""
+    for _ in range(rounds):
+        setup()
+        target()
+
+
+class PointRun:
+    """One knob point's measurement, a repeat at a time: each repeat runs the point's
+    workload inside an energy window over ``sources`` (every source of ``meter`` if None);
+    no window without a meter. A window shorter than the meter's minimum runs the requests
+    again until it is long enough. ``sources_note`` says why the sources are more than the
+    point's own, into each repeat's energy warnings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        driver: Driver,
+        meter: EnergyMeter | None,
+        sources: Sequence[EnergySource] | None,
+        spec: EngineSpec,
+        point: KnobPoint,
+        locked_clock_mhz: int | None,
+        sources_note: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._driver = driver
+        self._meter = meter
+        self._sources = sources
+        self._spec = spec
+        self.point = point
+        self._locked_clock_mhz = locked_clock_mhz
+        self._sources_note = sources_note
+        count = request_count(point.batch, settings.requests)
+        self._requests = build_requests(point.workload, count, settings.seed, settings.trace)
+        self._arrivals = arrival_offsets(point.load, [r.arrival_s for r in self._requests], settings.seed)
+        self.repeats: list[RepeatResult] = []
+
+    def warm_up(self) -> None:
+        """One unmeasured run, so that the first repeat does not pay for compilation."""
+        self._driver.warm_up(self._spec, f"{self.point.id}-warm")
+
+    def cool_down(self) -> None:
+        """Wait for the GPUs to cool (at most the settings' cool-down) before a repeat."""
+        if self._meter is not None and self._settings.cooldown_s > 0:
+            self._meter.cool_down(self._settings.cooldown_s, sources=self._sources)
+
+    def repeat(self) -> RepeatResult:
+        """Run the workload once inside an energy window, and keep the repeat."""
+        meter, sources, spec = self._meter, self._sources, self._spec
         log = None
         min_window_s = 0.0
         if meter is not None:
             log = CounterLog(list(meter.sources if sources is None else sources), meter.clock)
             min_window_s = meter.min_window_s
-        window = meter.window(locked_clock_mhz, sources) if meter is not None else nullcontext(WindowHandle())
-        url = driver.metrics_url(spec) if isinstance(driver, ServesMetrics) else None
+        clock_mhz = self._locked_clock_mhz
+        window = meter.window(clock_mhz, sources) if meter is not None else nullcontext(WindowHandle())
+        url = self._driver.metrics_url(spec) if isinstance(self._driver, ServesMetrics) else None
         clock = meter.clock if meter is not None else time.monotonic
         scraper = Scraper(url, clock()) if url is not None else None
+        tag = f"{self.point.id}-r{len(self.repeats)}"
         with window as handle, scraper if scraper is not None else nullcontext():
-            passes = run_passes(driver, spec, requests, arrivals, f"{point.id}-r{index}", log, min_window_s)
+            passes = run_passes(self._driver, spec, self._requests, self._arrivals, tag, log, min_window_s)
         records = [r for records in passes for r in records]
         # Over every pass: the steady state is the first pass's, as the later ones start
         # only after it has drained.
-        metrics = run_metrics(records, point.batch)
+        metrics = run_metrics(records, self.point.batch)
         energy = None
         if handle.result is not None:
             energy = energy_figures(handle.result, metrics, min(r.send_s for r in records), log)
-            if sources_note is not None:
-                energy = replace(energy, warnings=(*energy.warnings, sources_note))
+            if self._sources_note is not None:
+                energy = replace(energy, warnings=(*energy.warnings, self._sources_note))
         server = scraper.view() if scraper is not None else None
-        repeats.append(RepeatResult(metrics, energy, len(passes), server, unforced_lengths(passes, requests)))
-    return PointResult(point, locked_clock_mhz, tuple(repeats))
+        repeat = RepeatResult(metrics, energy, len(passes), server, unforced_lengths(passes, self._requests))
+        self.repeats.append(repeat)
+        return repeat
+
+    def result(self) -> PointResult:
+        """The repeats so far."""
+        return PointResult(self.point, self._locked_clock_mhz, tuple(self.repeats))
+
+
+def measure(
+    run: PointRun,
+    settings: Settings,
+    settled: Callable[[PointResult], bool],
+    rounds: Rounds = plain_rounds,
+) -> PointResult:
+    """Warm up, then the settings' repeats; with ``auto_repeats``, one more at a time until
+    ``settled`` (the energy verdict is no longer inconclusive) or the most allowed."""
+    run.warm_up()
+    rounds(run.repeat, run.cool_down, settings.repeats)
+    if settings.auto_repeats:
+        while len(run.repeats) < settings.max_repeats and not settled(run.result()):
+            rounds(run.repeat, run.cool_down, 1)
+    return run.result()
 
 
 def result_properties(record: PointRecord) -> list[tuple[str, object]]:

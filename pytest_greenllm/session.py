@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_greenllm.bench import benchmark_state, header_line
 from pytest_greenllm.devices.backend import NO_METER, TRY_FAKE
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.driver import Driver, EngineSpec
+from pytest_greenllm.gate import INCONCLUSIVE
 from pytest_greenllm.hints import render
 from pytest_greenllm.knobs import EngineConfig, KnobPoint, count_of, group_by_engine
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE, PYTEST_PREFIX
@@ -92,7 +94,7 @@ class GreenLLMSession:
                 self.close_error = e.render(PYTEST_PREFIX)
 
     # --- hooks ---------------------------------------------------------------------------
-    def pytest_report_header(self) -> list[str]:
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         sweep = self.sweep
         s = sweep.settings
         requests = "auto" if s.requests is None else str(s.requests)
@@ -100,9 +102,16 @@ class GreenLLMSession:
         lines.extend(f"greenllm: {note}" for note in [*sweep.backend.notes, *sweep.notes])
         if not sweep.backend.sources and s.endpoint is None:  # an endpoint's notes say why
             lines.append(f"greenllm: {render(NO_METER, TRY_FAKE, PYTEST_PREFIX)}")
-        lines.append(
-            f"greenllm: model={s.model.name}, repeats={s.repeats}, requests={requests}, seed={s.seed}"
-        )
+        repeats = f"auto ({s.repeats} to {s.max_repeats})" if s.auto_repeats else str(s.repeats)
+        lines.append(f"greenllm: model={s.model.name}, repeats={repeats}, requests={requests}, seed={s.seed}")
+        benchmark = header_line(benchmark_state(config))
+        if benchmark is not None:
+            lines.append(f"greenllm: {benchmark}")
+        if s.auto_repeats and s.baseline_path is None:
+            lines.append(
+                f"greenllm: --greenllm-repeats=auto without a baseline: every point runs {s.repeats} "
+                "repeats (more are spent only where a verdict against a baseline is unsure)"
+            )
         return lines
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -133,6 +142,19 @@ class GreenLLMSession:
             terminalreporter.write_line(
                 f"greenllm: outputs not of the forced length at {', '.join(unforced)}: the server ignores "
                 "ignore_eos or min_tokens, and their per-token figures count the tokens it sent",
+                yellow=True,
+            )
+        unsettled = [p.id for p in points if p.verdicts is not None and p.verdicts.energy == INCONCLUSIVE]
+        if unsettled and sweep.settings.inconclusive != "pass":
+            most = sweep.settings.max_repeats
+            more = (
+                f"at most {most} repeats could not settle it (raise --greenllm-max-repeats)"
+                if sweep.settings.auto_repeats
+                else "more repeats, or --greenllm-repeats=auto, would settle it"
+            )
+            terminalreporter.write_line(
+                f"greenllm: energy verdict inconclusive at {', '.join(unsettled)}: the repeats are too "
+                f"few for their noise; {more} (docs/gate.md)",
                 yellow=True,
             )
         new, gone = sweep.results.baseline_coverage(order)

@@ -120,7 +120,7 @@ def build_matrix(
     )
     matrix = replace(matrix, endpoint=settings.endpoint)
     if settings.shard is not None:
-        point_s = point_cost_s(settings.repeats, settings.min_window_s, settings.cooldown_s)
+        point_s = point_cost_s(settings.planned_repeats, settings.min_window_s, settings.cooldown_s)
         matrix = shard_matrix(matrix, settings.shard, point_s)
     return matrix
 
@@ -169,7 +169,8 @@ def prepare_reports(
             # A journal of an earlier run at the same place: start it afresh.
             journal.path.unlink()
         if settings.baseline_path is not None:
-            results.baseline, baseline_notes = load_baseline(settings.baseline_path, print_, allow_mismatch)
+            history, baseline_notes = load_baseline(settings.baseline_path, print_, allow_mismatch)
+            results.baseline, results.baseline_history = history.report, history.pooled
             notes.extend(baseline_notes)
     except ReportError as e:
         raise SetupError(e.message, e.hint, e.subject) from None

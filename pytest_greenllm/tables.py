@@ -63,7 +63,7 @@ def summary_table(points: list[PointRecord]) -> str:
                 len(p.repeats),
                 *(metric.of(p.summary) for metric in TABLE_METRICS),
                 "ok" if p.slo_met else "MISSED",
-                "REGRESSED" if p.regressed else ("ok" if regressions else "-"),
+                "REGRESSED" if p.regressed else (p.verdicts.energy if p.verdicts and regressions else "-"),
                 marks[p.id],
             )
         )

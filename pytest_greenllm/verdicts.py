@@ -1,29 +1,24 @@
 """Verdicts over measured points: SLOs, goodput, and the energy-regression test (pure).
 
 The regression test compares J per output token (and average power) of one point in two
-runs, over their repeats. It fails only when the increase of the mean is larger than the
-tolerance AND credible: the lower end of a 95% bootstrap confidence interval of the
-relative increase lies above zero. A bootstrap (percentile method, resampling each side's
-repeats, 2000 seeded resamples) fits a ratio of means and assumes no distribution; a rank
-test such as Mann-Whitney cannot reach p < 0.05 one-sided with fewer than 3 repeats a side
-and says nothing about the size of the change. With one repeat on either side there is no
-spread to test against: the plain threshold decides, and the verdict says so.
+runs, over their repeats, with the gate of ``gate.py`` (docs/gate.md): regressed, ok, or
+inconclusive where the repeats are too few for their noise. With one repeat on each side
+there is no spread to test against: the plain threshold decides, and the verdict says so.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pytest_greenllm.gate import OK, REGRESSED, ZONE_FACTOR, Design, judge
+
 SLO_METRICS = ("ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min")
 _UNITS_MS = {"ms": 1.0, "s": 1000.0, "": 1.0}
-BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95
 
 
 class SloError(ValueError):
@@ -179,78 +174,74 @@ def goodput(
 
 @dataclass(frozen=True)
 class Regression:
-    """The energy-regression verdict of one metric of one point."""
+    """The energy-regression verdict of one metric of one point (``gate.judge``)."""
 
     metric: str
     base_mean: float
     head_mean: float
     increase: float  # relative: 0.1 is 10% more than the baseline
-    ci_low: float | None  # 95% bootstrap interval of the increase; None for single repeats
+    ci_low: float | None  # interval of the increase (gate.py); None for single repeats
     ci_high: float | None
     tolerance: float
     regressed: bool
-    method: str  # 'bootstrap' or 'threshold (single repeat)'
+    method: str  # how the noise was estimated: 't (repeats)', 't (history)' or 'threshold (single repeat)'
+    # REGRESSED, OK or INCONCLUSIVE; None in reports written before the sequential gate,
+    # whose verdict was ``regressed`` alone.
+    verdict: str | None = None
+    repeats: tuple[int, int] | None = None  # (baseline, head) repeats judged
+
+    @property
+    def outcome(self) -> str:
+        """REGRESSED, OK or INCONCLUSIVE, for reports of every version."""
+        if self.verdict is not None:
+            return self.verdict
+        return REGRESSED if self.regressed else OK
 
     def message(self, point_id: str) -> str:
-        interval = f", 95% CI {self.ci_low:+.1%} to {self.ci_high:+.1%}" if self.ci_low is not None else ""
+        interval = f", interval {self.ci_low:+.1%} to {self.ci_high:+.1%}" if self.ci_low is not None else ""
+        low, high = self.tolerance / ZONE_FACTOR, self.tolerance * ZONE_FACTOR
+        what = "energy regression" if self.outcome == REGRESSED else f"energy change {self.outcome}"
+        counts = f", {self.repeats[0]} vs {self.repeats[1]} repeats" if self.repeats else ""
         return (
-            f"energy regression at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
+            f"{what} at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
             f"{self.base_mean:.4g} ({self.increase:+.1%}{interval}; tolerance "
-            f"{self.tolerance * 100:g}%, {self.method})"
+            f"{self.tolerance * 100:g}%, zone {low * 100:g}% to {high * 100:g}%{counts}; {self.method})"
         )
 
 
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values)
-
-
-def bootstrap_increase(base: Sequence[float], head: Sequence[float], seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap 95% interval of mean(head) / mean(base) - 1."""
-    rng = random.Random(seed)
-    ratios = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        b = _mean([rng.choice(base) for _ in base])
-        h = _mean([rng.choice(head) for _ in head])
-        ratios.append(h / b - 1 if b > 0 else math.inf)
-    ratios.sort()
-    tail = (1 - CONFIDENCE) / 2
-    return ratios[int(tail * len(ratios))], ratios[min(len(ratios) - 1, int((1 - tail) * len(ratios)))]
+_METHODS = {"repeats": "t (repeats)", "history": "t (history)", "none": "threshold (single repeat)"}
 
 
 def regression(
-    metric: str, base: Sequence[float], head: Sequence[float], tolerance: float, seed: int = 0
+    metric: str,
+    base: Sequence[float],
+    head: Sequence[float],
+    tolerance: float,
+    *,
+    metrics: int = 1,
+    looks: tuple[int, ...] = (),
+    history: bool = False,
 ) -> Regression:
-    """Is ``head`` worse than ``base`` by more than ``tolerance``, credibly?"""
+    """Is ``head`` worse than ``base`` by more than ``tolerance``? ``metrics``: how many are
+    gated for this point (the false-alarm rate is split over them); ``looks``: the repeat
+    counts a sequential run judges at; ``history``: ``base`` pools several reports."""
     if not base or not head:
         raise ValueError(f"{metric}: both runs need at least one repeat")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*base, *head]):
         raise ValueError(f"{metric}: a repeat has no finite value; was no token generated?")
-    base_mean, head_mean = _mean(base), _mean(head)
-    increase = head_mean / base_mean - 1 if base_mean > 0 else math.inf
-    # Compared as a product, not as `increase > tolerance`: a rise of exactly the
-    # tolerance must pass, and the division's rounding would make it fail.
-    beyond = head_mean > base_mean * (1 + tolerance)
-    if len(base) < 2 or len(head) < 2:
-        return Regression(
-            metric,
-            base_mean,
-            head_mean,
-            increase,
-            None,
-            None,
-            tolerance,
-            beyond,
-            "threshold (single repeat)",
-        )
-    low, high = bootstrap_increase(base, head, seed)
+    if not all(v > 0 for v in [*base, *head]):
+        raise ValueError(f"{metric}: a repeat measured no energy (0); it cannot be compared")
+    change = judge(base, head, Design(tolerance, metrics, looks), history)
     return Regression(
         metric,
-        base_mean,
-        head_mean,
-        increase,
-        low,
-        high,
+        statistics.fmean(base),
+        statistics.fmean(head),
+        change.increase,
+        change.low,
+        change.high,
         tolerance,
-        beyond and low > 0,
-        "bootstrap",
+        change.verdict == REGRESSED,
+        _METHODS[change.noise],
+        change.verdict,
+        (len(base), len(head)),
     )

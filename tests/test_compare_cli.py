@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import statistics
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_greenllm.cli import main
+from pytest_greenllm.compare import compare_reports
+from pytest_greenllm.devices.fake_nvml import FakeNvml
+from pytest_greenllm.history import load_history
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.recommend import recommend
 from pytest_greenllm.record import PointRecord, Report, Verdicts, summarise
+from pytest_greenllm.report import load_report
 from pytest_greenllm.verdicts import Goodput, Violation
 from pytest_greenllm.workloads import Workload
 
@@ -54,20 +60,33 @@ def compare(tmp_path: Path, head: dict[str, Any], *options: str) -> int:
     )
 
 
+def rows_of(out: list[str]) -> dict[str, list[str]]:
+    """The table's rows by point id: the cells, split on blanks (the verdict is the last)."""
+    return {line.split()[0]: line.split() for line in out if line.startswith(("32x8", "64x8"))}
+
+
 def test_a_report_against_itself_passes(tmp_path: Path, capsys: Capsys) -> None:
     assert compare(tmp_path, example()) == 0
     out = capsys.readouterr().out.splitlines()
     assert "0 of 2 shared points regressed" in out
-    assert all(line.split()[-1] == "ok" for line in out if line.startswith(("32x8", "64x8")))
+    rows = rows_of(out)
+    # Two repeats a side cannot tell a 0% change from a 10% one at the example's noise (its
+    # power repeats differ by 5%, the slow point's J/token by 40%): unsettled, listed, passing.
+    assert {cells[-1] for cells in rows.values()} == {"inconclusive"}
+    assert all(cells[-4:-1] == ["2", "vs", "2"] for cells in rows.values())
+    assert any(line.startswith("2 inconclusive (") and line.endswith(f"{FAST}, {SLOW}") for line in out)
+    # Asked to, the unsettled points fail the comparison.
+    assert compare(tmp_path, example(), "--inconclusive=fail") == 1
 
 
 def test_ten_percent_more_energy_fails_and_names_the_point(tmp_path: Path, capsys: Capsys) -> None:
     assert compare(tmp_path, scaled(example(), 1.10)) == 1
     out = capsys.readouterr().out.splitlines()
-    # The slow point's two repeats differ by 40%: a 10% rise is not credible there.
+    # The slow point's two repeats differ by 40%: a 10% rise is neither credible nor ruled
+    # out there.
     assert f"1 of 2 shared points regressed: {FAST}" in out
-    rows = {line.split()[0]: line.split() for line in out if line.startswith(("32x8", "64x8"))}
-    assert rows[FAST][-1] == "REGRESSED" and rows[SLOW][-1] == "ok"
+    rows = rows_of(out)
+    assert rows[FAST][-1] == "REGRESSED" and rows[SLOW][-1] == "inconclusive"
     assert rows[FAST][3:5] == ["+10.0%", "+10.0%"]
 
 
@@ -174,6 +193,163 @@ def test_points_in_one_report_only_are_listed_not_failed(tmp_path: Path, capsys:
     assert "0 of 1 shared points regressed" in out
     assert f"only in base (not compared): {SLOW}" in out
     assert "only in head (not compared): 128x8-tp1-b4-1410MHz" in out
+
+
+# --- the gate's error rates through `greenllm compare` (issue 15's Done-when) -----------------
+NOISE, REPEATS, SWEEP = 0.03, 5, 300  # SWEEP: the Done-when's 300 points
+WINDOW_S, TOKENS = 2.0, 400  # one repeat's window and output tokens
+
+
+class ManualClock:
+    """Simulated time: the fake's readings need no sleeping."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def noisy_point(index: int, seed: int, power_scale: float, repeats: int, noise: float) -> PointRecord:
+    """Point ``index`` (its own workload, so its own id) measured ``repeats`` times on a
+    half-loaded fake H100 that draws ``power_scale`` times its power: each repeat's J/output
+    token and average power are one noisy power reading each (independent noise)."""
+    clock = ManualClock()
+    fake = FakeNvml(
+        gpus=1, clock=clock, noise=noise, seed=seed, power_scale=power_scale, energy_counter=False
+    )
+    fake.nvmlInit()
+    fake.set_load(0.5)
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    readings = []
+    for _ in range(2 * repeats):
+        clock.now_s += WINDOW_S
+        readings.append(fake.nvmlDeviceGetPowerUsage(handle) / 1000)
+    per_token = [w * WINDOW_S / TOKENS for w in readings[:repeats]]
+    watts = readings[repeats:]
+    summary = dataclasses.replace(
+        summarise(()),
+        j_per_output_token=statistics.fmean(per_token),
+        avg_power_w=statistics.fmean(watts),
+        j_per_output_token_repeats=tuple(per_token),
+        avg_power_w_repeats=tuple(watts),
+    )
+    config = KnobPoint("embedded", 1, 4, Workload(f"{16 + index}x8", 16 + index, 8), 1410)
+    return PointRecord(config.id, config, 1410, (), summary)
+
+
+def noisy_report(
+    first_seed: int,
+    change: float = 0.0,
+    points: int = SWEEP,
+    repeats: int = REPEATS,
+    noise: float = NOISE,
+    created: str = "2025-01-01T00:00:00+00:00",
+) -> dict[str, Any]:
+    """The example report's setup with ``points`` independent points of fake-NVML noise,
+    every point's energy changed by ``change``; point i is drawn with seed first_seed + i."""
+    report = example()
+    report["created"] = created
+    report["points"] = [
+        noisy_point(i, first_seed + i, 1 + change, repeats, noise).to_json() for i in range(points)
+    ]
+    return report
+
+
+def verdicts_of(out: list[str], ids: set[str]) -> Counter[str]:
+    """How many rows of a plain comparison table carry each verdict."""
+    return Counter(line.split()[-1] for line in out if line.split()[:1] and line.split()[0] in ids)
+
+
+@pytest.mark.parametrize(
+    ("change", "most", "least"),
+    [
+        pytest.param(0.0, 0.01, 0.0, id="0%"),  # these seeds: 0 of 300
+        pytest.param(0.025, 0.05, 0.0, id="+2.5%"),  # 11 of 300
+        pytest.param(0.10, 1.0, 0.95, id="+10%"),  # 290 of 300
+    ],
+)
+def test_the_gates_error_rates_on_300_noisy_points(
+    tmp_path: Path, capsys: Capsys, change: float, most: float, least: float
+) -> None:
+    """Issue 15, Done-when: with 3% noise, 5 repeats a side and a 5% tolerance, `greenllm
+    compare` on 300 independent points fails at most 1% when nothing changed, at most 5% at
+    +2.5%, and at least 95% at +10%."""
+    base = noisy_report(0)
+    head = noisy_report(1_000_000 * (1 + round(change * 1000)), change)
+    ids = {p["id"] for p in base["points"]}
+    assert len(ids) == SWEEP
+    # The noise is what the issue says: 3% a repeat.
+    watts = [w for p in base["points"] for w in p["summary"]["avg_power_w_repeats"]]
+    assert statistics.stdev(watts) / statistics.fmean(watts) == pytest.approx(NOISE, rel=0.1)
+    status = main(["compare", save(tmp_path, "base.json", base), save(tmp_path, "head.json", head)])
+    out = capsys.readouterr().out.splitlines()
+    verdicts = verdicts_of(out, ids)
+    assert sum(verdicts.values()) == SWEEP
+    regressed = verdicts["REGRESSED"]
+    assert least * SWEEP <= regressed <= most * SWEEP, dict(verdicts)
+    assert any(line.startswith(f"{regressed} of {SWEEP} shared points regressed") for line in out)
+    assert status == (1 if regressed else 0)
+
+
+def test_the_gate_detects_twice_the_tolerance_in_95_percent_of_points() -> None:
+    # The Done-when's +10% case on ten times the points (sampling error about 0.3%): these
+    # seeds give 2927 regressed (97.6%), 71 inconclusive, 2 ok.
+    points = 3000
+    base = Report.from_json(noisy_report(0, points=points))
+    head = Report.from_json(noisy_report(200_000_000, 0.10, points=points))
+    comparison = compare_reports(base, head, 0.05)
+    assert len(comparison.rows) == points
+    verdicts = Counter(r.verdict for r in comparison.rows)
+    assert verdicts["REGRESSED"] >= 0.95 * points and verdicts["ok"] <= 0.05 * points, dict(verdicts)
+
+
+@pytest.fixture
+def unsettled(tmp_path: Path) -> tuple[str, str]:
+    """Two repeats a side at 10% noise and a +5% change: every point inconclusive."""
+    base = noisy_report(0, points=4, repeats=2, noise=0.10)
+    head = noisy_report(100, 0.05, points=4, repeats=2, noise=0.10)
+    return save(tmp_path, "base.json", base), save(tmp_path, "head.json", head)
+
+
+@pytest.mark.parametrize(("policy", "status"), [("fail", 1), ("warn", 0), ("pass", 0), (None, 0)])
+def test_inconclusive_points_fail_only_when_asked(
+    unsettled: tuple[str, str], capsys: Capsys, policy: str | None, status: int
+) -> None:
+    options = [] if policy is None else [f"--inconclusive={policy}"]  # warn by default
+    assert main(["compare", *unsettled, *options]) == status
+    out = capsys.readouterr().out.splitlines()
+    ids = [KnobPoint("embedded", 1, 4, Workload(f"{16 + i}x8", 16 + i, 8), 1410).id for i in range(4)]
+    assert verdicts_of(out, set(ids)) == {"inconclusive": 4}
+    assert "0 of 4 shared points regressed" in out
+    # Each policy names the unsettled points, and says what settles them.
+    (listed,) = [line for line in out if line.startswith("4 inconclusive (")]
+    assert "more repeats" in listed and listed.endswith(": " + ", ".join(ids))
+
+
+def test_a_folder_of_reports_is_judged_with_the_historys_noise(tmp_path: Path, capsys: Capsys) -> None:
+    history = tmp_path / "history"
+    history.mkdir()
+    for day in (1, 2):
+        report = noisy_report(10_000 * day, points=3, created=f"2025-01-0{day}T00:00:00+00:00")
+        save(history, f"day{day}.json", report)
+    head_path = Path(save(tmp_path, "head.json", noisy_report(50_000, 0.10, points=3)))
+    head = load_report(head_path)
+    pooled = load_history(history, head.fingerprint)
+    assert pooled.pooled and len(pooled.used) == 2
+    comparison = compare_reports(pooled.report, head, 0.05, history=pooled.pooled)
+    assert {(r.method, r.repeats) for r in comparison.rows} == {("t (history)", "10 vs 5")}
+    # One report is no history: its repeats and the head's, pooled, are the noise.
+    single = load_history(history / "day1.json", head.fingerprint)
+    assert not single.pooled
+    alone = compare_reports(single.report, head, 0.05, history=single.pooled)
+    assert {(r.method, r.repeats) for r in alone.rows} == {("t (repeats)", "5 vs 5")}
+    # Through the CLI: both reports are named as the baseline, and 10 repeats are judged.
+    main(["compare", str(history), str(head_path)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"baseline: {history / 'day2.json'}, {history / 'day1.json'}"
+    rows = [line.split() for line in out if line.split()[:1] and line.split()[0].endswith("-1410MHz")]
+    assert len(rows) == 3 and all(cells[-4:-1] == ["10", "vs", "5"] for cells in rows)
 
 
 def point(id_: str, j: float, watts: float, throughput: float, tbt: float, met: bool = True) -> PointRecord:

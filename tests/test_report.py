@@ -263,13 +263,19 @@ def test_point_record_round_trips_through_json() -> None:
     metrics = dataclasses.replace(
         run(20.0), tpot_ms=Stat(30.0, 28.0, 35.0, 40.0), request_tpot_ms=(30.0, 31.0, 32.0)
     )
-    regression = Regression("j_per_output_token", 0.5, 0.6, 0.2, 0.1, 0.3, 0.05, True, "bootstrap")
-    verdicts = Verdicts((Violation("tbt_p99", 40.0, 30.0, "ms"),), (regression,), Goodput(2, 3, 4.0, 0.75))
+    # One as reports before the sequential gate wrote it, one as it writes now.
+    before = Regression("j_per_output_token", 0.5, 0.6, 0.2, 0.1, 0.3, 0.05, True, "bootstrap")
+    now = Regression(
+        "avg_power_w", 300.0, 310.0, 0.03, -0.01, 0.12, 0.05, False, "t (repeats)", "inconclusive", (5, 3)
+    )
+    verdicts = Verdicts((Violation("tbt_p99", 40.0, 30.0, "ms"),), (before, now), Goodput(2, 3, 4.0, 0.75))
     original = PointRecord.of(
         result(RepeatResult(metrics, energy(0.5, 100.0)), RepeatResult(metrics, None)), verdicts
     )
     assert PointRecord.from_json(original.to_json()) == original
     assert PointRecord.from_json(json.loads(json.dumps(original.to_json()))) == original
+    assert (before.outcome, now.outcome, verdicts.energy) == ("regressed", "inconclusive", "regressed")
+    assert original.to_json()["verdicts"]["energy"] == "regressed"
     unjudged = dataclasses.replace(original, verdicts=None)
     assert unjudged.to_json()["verdicts"] == {}
     assert PointRecord.from_json(unjudged.to_json()) == unjudged

@@ -1,27 +1,30 @@
-"""Verdicts: SLO specs and violations, goodput, and the bootstrap energy-regression gate,
+"""Verdicts: SLO specs and violations, goodput, and the energy-regression gate (gate.py),
 whose noise comes from the fake NVML's power readings rather than from a formula."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_greenllm.devices.fake_nvml import FakeNvml
-from pytest_greenllm.record import Summary, energy_regressions, summarise
+from pytest_greenllm.gate import INCONCLUSIVE, OK, REGRESSED
+from pytest_greenllm.record import Summary, Verdicts, energy_regressions, summarise
 from pytest_greenllm.verdicts import (
     DEFAULT_SLO,
     DEFAULT_WORKLOAD_SLOS,
+    Goodput,
     Slo,
     SloError,
-    bootstrap_increase,
+    Violation,
     goodput,
     parse_slo,
     regression,
@@ -199,12 +202,18 @@ def j_per_token_repeats(seed: int, noise: float, power_scale: float = 1.0) -> li
 def test_ten_percent_more_on_every_repeat_fails_the_gate() -> None:
     base = j_per_token_repeats(seed=7, noise=0.03)
     verdict = regression("j_per_output_token", base, [v * 1.10 for v in base], TOLERANCE)
-    assert verdict.regressed and verdict.method == "bootstrap"
+    assert verdict.regressed and verdict.verdict == verdict.outcome == REGRESSED
+    assert verdict.method == "t (repeats)" and verdict.repeats == (REPEATS, REPEATS)
     assert verdict.increase == pytest.approx(0.10)
-    assert verdict.ci_low is not None and verdict.ci_low > 0
+    # Credibly beyond the zone's lower edge, the change the user surely accepts.
+    assert verdict.ci_low is not None and verdict.ci_high is not None
+    assert TOLERANCE / 2 < verdict.ci_low < verdict.increase < verdict.ci_high
+    message = verdict.message("p")
+    assert message.startswith("energy regression at p: j_per_output_token ")
+    assert "zone 2.5% to 10%" in message and "5 vs 5 repeats" in message and "interval +" in message
 
 
-@pytest.mark.parametrize("noise", [0.01, 0.02, 0.03])
+@pytest.mark.parametrize("noise", [0.01, 0.02])
 def test_a_fake_ten_percent_power_rise_is_caught_under_noise(noise: float) -> None:
     # Independent noise on both sides, as two CI runs have.
     for trial in range(20):
@@ -213,10 +222,27 @@ def test_a_fake_ten_percent_power_rise_is_caught_under_noise(noise: float) -> No
         assert regression("j_per_output_token", base, head, TOLERANCE).regressed, trial
 
 
+def test_a_ten_percent_rise_under_three_percent_noise_is_seldom_passed() -> None:
+    # +10% is the zone's upper edge: the gate passes it (ok) at most MISS = 5% of the time.
+    # At 3% noise and 5 repeats one metric alone is not always settled: of these 100 seeded
+    # trials 88 regress, 9 are inconclusive and 3 pass (the point's two gated metrics together
+    # are detected at least 95%: test_gate.py).
+    verdicts = Counter(
+        regression(
+            "j", j_per_token_repeats(2 * t, 0.03), j_per_token_repeats(2 * t + 1, 0.03, 1.10), TOLERANCE
+        ).verdict
+        for t in range(100)
+    )
+    assert verdicts[OK] <= 5 and verdicts[REGRESSED] >= 85, verdicts
+
+
 def test_the_same_values_pass_against_themselves() -> None:
     base = j_per_token_repeats(seed=3, noise=0.03)
     verdict = regression("j_per_output_token", base, list(base), TOLERANCE)
-    assert not verdict.regressed and verdict.increase == 0.0
+    assert verdict.verdict == OK and not verdict.regressed and verdict.increase == 0.0
+    assert verdict.ci_low is not None and verdict.ci_high is not None
+    assert verdict.ci_low < 0 < verdict.ci_high < 2 * TOLERANCE
+    assert verdict.message("p").startswith("energy change ok at p: ")
 
 
 def test_three_percent_noise_without_a_shift_passes_99_of_100() -> None:
@@ -224,81 +250,118 @@ def test_three_percent_noise_without_a_shift_passes_99_of_100() -> None:
     # The noise must really be 3% a repeat, or passing would prove nothing.
     pooled = [v for base, _ in sides for v in base]
     assert statistics.stdev(pooled) / statistics.fmean(pooled) == pytest.approx(0.03, rel=0.15)
-    passed = sum(not regression("j", base, head, TOLERANCE).regressed for base, head in sides)
-    # 99 of these 100 seeded trials pass: the one false alarm (trial 25) is a +5.2% mean
-    # shift by chance, CI +2.4% to +8.6% (5 vs 5 repeats at 3% spread the mean ratio ~1.9%).
-    assert passed >= 99
+    verdicts = Counter(regression("j", base, head, TOLERANCE).verdict for base, head in sides)
+    # All 100 of these seeded trials are ok (the rule before issue 15 failed trial 25).
+    assert verdicts[OK] >= 99 and verdicts[REGRESSED] == 0, verdicts
 
 
 def test_a_rise_carried_by_one_outlier_repeat_is_not_credible() -> None:
-    # +16.7% in the mean, but resampling head's two unchanged repeats alone shows no rise.
+    # +14.5% in the geometric mean, but the outlier widens the interval past both edges.
     verdict = regression("j", [1.0, 1.0, 1.0], [1.0, 1.0, 1.5], TOLERANCE)
-    assert verdict.increase > TOLERANCE and verdict.ci_low == 0.0 and not verdict.regressed
+    assert verdict.increase > TOLERANCE and not verdict.regressed
+    assert verdict.verdict == INCONCLUSIVE and verdict.outcome == INCONCLUSIVE
+    assert verdict.ci_low is not None and verdict.ci_low < TOLERANCE / 2
+    assert verdict.message("p").startswith("energy change inconclusive at p: ")
+
+
+def test_one_repeat_on_each_side_uses_the_plain_threshold() -> None:
+    up4 = regression("j", [1.0], [1.04], TOLERANCE)
+    up6 = regression("j", [1.0], [1.06], TOLERANCE)
+    assert (up4.verdict, up6.verdict) == (OK, REGRESSED) and up6.regressed
+    assert up6.method == "threshold (single repeat)" and up6.ci_low is up6.ci_high is None
+    message = up6.message("p")
+    assert "interval" not in message and "threshold (single repeat)" in message
+    assert "1 vs 1 repeats" in message
 
 
 @pytest.mark.parametrize(("base", "head"), [([1.0], [1.0] * 5), ([1.0] * 5, [1.0])])
-def test_one_repeat_on_either_side_uses_the_plain_threshold(base: list[float], head: list[float]) -> None:
+def test_one_repeat_on_one_side_takes_the_noise_from_the_other(base: list[float], head: list[float]) -> None:
+    # No spread on the other side either: the interval is the change, the tolerance decides.
     up4 = regression("j", base, [v * 1.04 for v in head], TOLERANCE)
     up6 = regression("j", base, [v * 1.06 for v in head], TOLERANCE)
-    assert (up4.regressed, up6.regressed) == (False, True)
-    assert up6.method == "threshold (single repeat)" and up6.ci_low is up6.ci_high is None
-    assert "CI" not in up6.message("p") and "threshold (single repeat)" in up6.message("p")
+    assert (up4.verdict, up6.verdict) == (OK, REGRESSED)
+    assert up6.method == "t (repeats)" and up6.repeats == (len(base), len(head))
+    # With spread on the other side, one repeat cannot settle a 6% rise.
+    noisy = [v * (1 + 0.03 * (-1) ** i) for i, v in enumerate([*base, *head][:5])]
+    spread = regression("j", noisy, [noisy[0] * 1.06], TOLERANCE)
+    assert spread.verdict == INCONCLUSIVE and spread.repeats == (5, 1)
 
 
 def test_no_repeats_is_an_error() -> None:
     with pytest.raises(ValueError, match="j_per_output_token"):
         regression("j_per_output_token", [], [1.0], TOLERANCE)
+    with pytest.raises(ValueError, match="no energy"):
+        regression("j_per_output_token", [1.0, 0.0], [1.0], TOLERANCE)
 
 
-def test_a_rise_of_exactly_the_tolerance_passes() -> None:
+@pytest.mark.parametrize(("base", "head"), [([2.0], [2.1]), ([2.0] * 3, [2.1] * 3), ([2.0] * 5, [2.1])])
+def test_a_rise_of_exactly_the_tolerance_passes(base: list[float], head: list[float]) -> None:
     # README: the tolerance is 'the largest increase over the baseline that passes'.
-    assert not regression("j", [2.0], [2.1], TOLERANCE).regressed
+    verdict = regression("j", base, head, TOLERANCE)
+    assert not verdict.regressed and verdict.verdict == OK
 
 
 def test_the_message_states_a_fractional_tolerance() -> None:
-    assert "tolerance 2.5%" in regression("j", [1.0], [1.1], 0.025).message("p")
+    message = regression("j", [1.0], [1.1], 0.025).message("p")
+    assert "tolerance 2.5%" in message and "zone 1.25% to 5%" in message
 
 
-def test_an_unmeasurable_head_does_not_pass_silently() -> None:
-    try:
-        verdict = regression("j", [1.0, 1.0, 1.0], [math.nan] * 3, TOLERANCE)
-    except ValueError:
-        return
-    assert verdict.regressed
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_an_unmeasurable_head_does_not_pass_silently(bad: float) -> None:
+    with pytest.raises(ValueError, match="no finite value"):
+        regression("j", [1.0, 1.0, 1.0], [bad] * 3, TOLERANCE)
+    with pytest.raises(ValueError, match="no finite value"):
+        regression("j", [1.0, 1.0, 1.0], [1.0, bad, 1.0], TOLERANCE)
+
+
+def test_a_report_before_the_sequential_gate_has_an_outcome_from_regressed() -> None:
+    old = dataclasses.replace(regression("j", [1.0], [1.2], TOLERANCE), verdict=None, repeats=None)
+    assert old.outcome == REGRESSED and "repeats;" not in old.message("p")
+    assert dataclasses.replace(old, regressed=False).outcome == OK
 
 
 # --- properties ---------------------------------------------------------------------------
-samples = st.lists(st.floats(0.1, 10.0), min_size=2, max_size=6)
+samples = st.lists(st.floats(0.1, 10.0), min_size=2, max_size=5)
 tolerances = st.floats(0.0, 0.5)
-BOOTSTRAPPING = settings(max_examples=25)  # 2000 resamples a call: keep the file fast
+# The gate is cheap; each new (repeats, looks, level) simulates its critical value once.
+GATE = settings(max_examples=100, deadline=None)
 
 
-@BOOTSTRAPPING
-@given(base=samples, head_size=st.integers(1, 6), tolerance=tolerances, margin=st.floats(1e-6, 2.0))
-def test_a_scaled_copy_beyond_tolerance_and_spread_always_regresses(
-    base: list[float], head_size: int, tolerance: float, margin: float
+@GATE
+@given(
+    value=st.floats(0.1, 10.0),
+    base_n=st.integers(1, 5),
+    head_n=st.integers(1, 5),
+    tolerance=st.floats(0.01, 0.5),
+    margin=st.floats(1e-6, 2.0),
+)
+def test_a_steady_rise_beyond_the_tolerance_always_regresses(
+    value: float, base_n: int, head_n: int, tolerance: float, margin: float
 ) -> None:
-    # Beyond the base's own max/min spread no resample can show a fall: the CI clears zero.
-    factor = max(1 + tolerance, max(base) / min(base)) * (1 + margin)
-    assert regression("m", base, [v * factor for v in base], tolerance).regressed
-    steady = [base[0]] * len(base)  # no noise: any factor beyond the tolerance is credible
-    head = [base[0] * (1 + tolerance) * (1 + margin)] * head_size
-    assert regression("m", steady, head, tolerance).regressed
+    # No spread on either side: any factor beyond the tolerance is credible, any within it
+    # passes, whatever the repeat counts.
+    beyond = value * (1 + tolerance) * (1 + margin)
+    within = value * (1 + tolerance) / (1 + margin)
+    assert regression("m", [value] * base_n, [beyond] * head_n, tolerance).verdict == REGRESSED
+    assert regression("m", [value] * base_n, [within] * head_n, tolerance).verdict == OK
 
 
-@BOOTSTRAPPING
-@given(base=samples, head=samples, tolerance=tolerances, worse=st.floats(1.01, 3.0))
+@GATE
+@given(base=samples, head=samples, tolerance=tolerances, worse=st.floats(1.0, 3.0))
 def test_a_worse_head_keeps_a_regression(
     base: list[float], head: list[float], tolerance: float, worse: float
 ) -> None:
-    # The same seed resamples the same indices, so scaling head up cannot clear the verdict.
-    if regression("m", base, head, tolerance).regressed:
-        assert regression("m", base, [v * worse for v in head], tolerance).regressed
+    before = regression("m", base, head, tolerance)
+    after = regression("m", base, [v * worse for v in head], tolerance)
+    if before.regressed:
+        assert after.regressed
+    if before.verdict != OK:
+        assert after.verdict != OK
 
 
-@BOOTSTRAPPING
+@GATE
 @given(base=samples, tolerance=tolerances, order=st.randoms(use_true_random=False))
-def test_identical_samples_never_regress(base: list[float], tolerance: float, order: Any) -> None:
+def test_identical_samples_never_regress(base: list[float], tolerance: float, order: random.Random) -> None:
     assert not regression("m", base, list(base), tolerance).regressed
     shuffled = list(base)
     order.shuffle(shuffled)
@@ -306,35 +369,48 @@ def test_identical_samples_never_regress(base: list[float], tolerance: float, or
     assert not regression("m", base, shuffled, tolerance).regressed
 
 
-@BOOTSTRAPPING
-@given(base=samples, head=samples, seed=st.integers(0, 2**32))
-def test_bootstrap_interval_is_ordered_bounded_and_seeded(
-    base: list[float], head: list[float], seed: int
+@GATE
+@given(base=samples, head=samples, tolerance=tolerances)
+def test_more_metrics_or_looks_widen_the_interval_on_the_side_they_guard(
+    base: list[float], head: list[float], tolerance: float
 ) -> None:
-    low, high = bootstrap_increase(base, head, seed)
-    # The interval is computed another way round: equal up to rounding at its ends.
-    eps = 1e-12
-    assert min(head) / max(base) - 1 - eps <= low <= high <= max(head) / min(base) - 1 + eps
-    assert bootstrap_increase(base, head, seed) == (low, high)
+    one = regression("m", base, head, tolerance)
+    # Two gated metrics share the false-alarm rate: the lower end (which fires) moves down;
+    # the miss rate is not split: the upper end stays.
+    two = regression("m", base, head, tolerance, metrics=2)
+    assert one.ci_low is not None and one.ci_high is not None
+    assert two.ci_low is not None and two.ci_low <= one.ci_low and two.ci_high == one.ci_high
+    assert two.increase == one.increase
+    # Several looks: one boundary for all of them, wider on both ends than one look's.
+    looks = tuple(range(2, len(head) + 1))
+    if len(looks) > 1:
+        seq = regression("m", base, head, tolerance, looks=looks)
+        assert seq.ci_low is not None and seq.ci_high is not None
+        assert seq.ci_low <= one.ci_low and seq.ci_high >= one.ci_high
 
 
-@BOOTSTRAPPING
+@GATE
 @given(
     base=samples | st.lists(st.floats(0.1, 10.0), min_size=1, max_size=1),
     head=samples,
     tolerance=st.sampled_from([0.0, 0.05, 0.1, 0.2]),
+    history=st.booleans(),
 )
 def test_regression_message_names_metric_means_percent_tolerance(
-    base: list[float], head: list[float], tolerance: float
+    base: list[float], head: list[float], tolerance: float, history: bool
 ) -> None:
-    verdict = regression("avg_power_w", base, head, tolerance)
+    verdict = regression("avg_power_w", base, head, tolerance, history=history)
     message = verdict.message("M-tp2-b8-1410MHz")
-    assert message.startswith("energy regression at M-tp2-b8-1410MHz: avg_power_w ")
+    what = "energy regression" if verdict.regressed else f"energy change {verdict.verdict}"
+    assert message.startswith(f"{what} at M-tp2-b8-1410MHz: avg_power_w ")
     assert f"{verdict.head_mean:.4g} vs baseline {verdict.base_mean:.4g}" in message
     assert f"({verdict.increase:+.1%}" in message
     stated = re.search(r"tolerance ([0-9.]+)%", message)  # any spelling of the same number
     assert stated is not None and float(stated.group(1)) == pytest.approx(tolerance * 100)
+    assert f"{len(base)} vs {len(head)} repeats" in message
     assert verdict.method in message and "\n" not in message
+    expected = "t (history)" if history and len(base) > 1 else "t (repeats)"
+    assert verdict.method == expected and verdict.regressed == (verdict.verdict == REGRESSED)
 
 
 # --- energy_regressions -------------------------------------------------------------------
@@ -358,6 +434,17 @@ def test_energy_regressions_compares_only_metrics_both_have() -> None:
     assert [(v.metric, v.regressed) for v in both] == [("j_per_output_token", True), ("avg_power_w", True)]
 
 
+def test_energy_regressions_split_the_false_alarm_rate_over_the_metrics() -> None:
+    base = repeats([0.50, 0.51, 0.49], [300.0, 306.0, 297.0])
+    head = repeats([0.53, 0.55, 0.52], [318.0, 322.0, 311.0])
+    j, w = energy_regressions(base, head, TOLERANCE)
+    assert j == regression("j_per_output_token", [0.50, 0.51, 0.49], [0.53, 0.55, 0.52], TOLERANCE, metrics=2)
+    assert w == regression("avg_power_w", [300.0, 306.0, 297.0], [318.0, 322.0, 311.0], TOLERANCE, metrics=2)
+    # The history flag reaches the gate.
+    pooled = energy_regressions(base, head, TOLERANCE, history=True)
+    assert {r.method for r in pooled} == {"t (history)"}
+
+
 def test_unknown_repeats_and_a_zero_baseline_are_not_compared() -> None:
     # A null repeat (no token generated) is dropped; a baseline that read 0 J (windows too
     # short for the counter) gives no ratio to test against.
@@ -369,3 +456,39 @@ def test_unknown_repeats_and_a_zero_baseline_are_not_compared() -> None:
     )
     [only] = energy_regressions(base, head, 0.05)
     assert (only.metric, only.base_mean, only.head_mean) == ("j_per_output_token", 0.5, 0.6)
+
+
+# --- Verdicts: the point's energy verdict and failures ---------------------------------------
+NO_GOODPUT = Goodput(1, 1, 1.0, None)
+
+
+def test_the_point_verdict_is_its_worst_metrics() -> None:
+    ok = regression("j_per_output_token", [1.0] * 3, [1.0] * 3, TOLERANCE)
+    regressed = regression("avg_power_w", [1.0] * 3, [1.2] * 3, TOLERANCE)
+    unsure = regression("avg_power_w", [1.0, 1.0, 1.0], [1.0, 1.0, 1.5], TOLERANCE)
+    assert (ok.verdict, regressed.verdict, unsure.verdict) == (OK, REGRESSED, INCONCLUSIVE)
+    assert Verdicts((), (), NO_GOODPUT).energy is None
+    assert Verdicts((), (ok, ok), NO_GOODPUT).energy == OK
+    assert Verdicts((), (ok, unsure), NO_GOODPUT).energy == INCONCLUSIVE
+    assert Verdicts((), (unsure, regressed), NO_GOODPUT).energy == REGRESSED
+    assert Verdicts((), (unsure, regressed), NO_GOODPUT).regressed
+
+
+@pytest.mark.parametrize("policy", ["fail", "warn", "pass"])
+def test_an_inconclusive_point_fails_only_when_asked(policy: str) -> None:
+    ok = regression("j_per_output_token", [1.0] * 3, [1.0] * 3, TOLERANCE)
+    unsure = regression("avg_power_w", [1.0, 1.0, 1.0], [1.0, 1.0, 1.5], TOLERANCE)
+    lines = Verdicts((), (ok, unsure), NO_GOODPUT).failures("p", policy)
+    if policy == "fail":
+        assert lines == [unsure.message("p")]
+        assert lines[0].startswith("energy change inconclusive at p: avg_power_w ")
+    else:
+        assert lines == []
+    assert Verdicts((), (ok, ok), NO_GOODPUT).failures("p", policy) == []
+
+
+def test_failures_list_slo_misses_then_regressions() -> None:
+    regressed = regression("avg_power_w", [1.0] * 3, [1.2] * 3, TOLERANCE)
+    missed = Violation("tbt_p99", 250.0, 200.0, "ms")
+    lines = Verdicts((missed,), (regressed,), NO_GOODPUT).failures("p")
+    assert lines == [missed.message("p"), regressed.message("p")]
