@@ -104,6 +104,14 @@ def parse_inconclusive(raw: Raw) -> str:
     return value
 
 
+def parse_junit_properties(raw: Raw) -> str:
+    """testcase, suite or both."""
+    value = raw.text.strip().lower()
+    if value not in JUNIT_PLACES:
+        raise raw.error(f"use one of {', '.join(JUNIT_PLACES)}")
+    return value
+
+
 def parse_freqs(raw: Raw) -> FreqRequest:
     """'all', or MHz values and 'default' (leave clocks alone), comma separated."""
     if raw.text.strip().lower() == ALL_CLOCKS.value:
@@ -171,6 +179,8 @@ def parse_device(raw: Raw) -> str:
 
 
 MODES = ("offline", "serve")
+# Where --junitxml gets each point's figures (junit.py).
+JUNIT_PLACES = ("testcase", "suite", "both")
 
 
 def parse_shard_option(raw: Raw) -> Shard | None:
@@ -441,6 +451,7 @@ class Settings:
     seed: int
     trace: Trace | None
     json_path: Path | None
+    junit_properties: str  # where --junitxml gets the figures: testcase, suite or both
     sample_hz: float  # Units: Hz.
     min_window_s: float  # Units: s.
     cooldown_s: float  # longest wait for the GPUs to cool before a point. Units: s.
@@ -516,6 +527,7 @@ class Settings:
             seed=parse_seed(raw["seed"]),
             trace=trace,
             json_path=parse_json_path(raw["json"]),
+            junit_properties=parse_junit_properties(raw["junit-properties"]),
             sample_hz=parse_positive_float(raw["sample-hz"], "the sampling rate"),
             min_window_s=parse_seconds(raw["min-window"], "the minimum window"),
             cooldown_s=parse_seconds(raw["cooldown"], "the cool-down wait"),

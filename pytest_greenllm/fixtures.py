@@ -213,7 +213,8 @@ def greenllm_result(
     record = sweep.results.record(result)
     request.node.stash[point_record_key] = record
     properties = result_properties(record)
-    request.node.user_properties.extend(properties)
+    if sweep.settings.junit_properties != "suite":  # else junit.py puts them at suite level
+        request.node.user_properties.extend(properties)
     if bench is not None and bench.fixture is not None:
         bench.fixture.extra_info.update(dict(properties))
     elif "benchmark" in request.fixturenames:

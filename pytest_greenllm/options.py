@@ -182,6 +182,14 @@ OPTIONS: tuple[KnobOption, ...] = (
     ),
     KnobOption("json", "PATH", "", "Write the JSON report to PATH."),
     KnobOption(
+        "junit-properties",
+        "WHERE",
+        "testcase",
+        "Where --junitxml gets each point's figures: 'testcase' (each test's properties, "
+        "as pytest writes user_properties), 'suite' (testsuite-level properties, the only "
+        "place pytest's junit-10.xsd allows them) or 'both'.",
+    ),
+    KnobOption(
         "slo",
         "SPEC",
         "",

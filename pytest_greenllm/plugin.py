@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_greenllm import hookspec, parallel
+from pytest_greenllm import hookspec, junit, parallel
 from pytest_greenllm.config import Settings, settings_key
 from pytest_greenllm.devices.base import Backend
 from pytest_greenllm.driver import Driver
@@ -148,6 +148,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = GreenLLMSession(sweep, driver, builtin_sweep=builtin_sweep, role=role)
     config.stash[session_key] = session
     config.pluginmanager.register(session, SESSION_PLUGIN)
+    if settings.junit_properties != "testcase" and role != "worker":
+        config.pluginmanager.register(junit.SuiteProperties(sweep), junit.PLUGIN)
     if role == "worker":
         config.pluginmanager.register(parallel.ParallelWorker(), PARALLEL_PLUGIN)
     elif role == "controller":

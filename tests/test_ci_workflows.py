@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GITHUB = ROOT / "ci" / "github" / "energy-gate.yml"
 GITLAB = ROOT / "ci" / "gitlab" / "energy-gate.gitlab-ci.yml"
 GITHUB_SHARDED = ROOT / "ci" / "github" / "energy-gate-sharded.yml"
+GITHUB_DASHBOARD = ROOT / "ci" / "github" / "energy-dashboard.yml"
 SLURM_SWEEP = ROOT / "ci" / "slurm" / "sweep-array.sbatch"
 SLURM_MERGE = ROOT / "ci" / "slurm" / "merge.sbatch"
 SLURM_SUBMIT = ROOT / "ci" / "slurm" / "submit.sh"
@@ -41,9 +42,39 @@ def tool(name: str) -> str:
     return path
 
 
-def test_actionlint_passes_on_the_github_workflow() -> None:
-    result = subprocess.run([tool("actionlint"), str(GITHUB)], capture_output=True, text=True)
+@pytest.mark.parametrize("path", [GITHUB, GITHUB_DASHBOARD], ids=["gate", "dashboard"])
+def test_actionlint_passes_on_the_github_workflow(path: Path) -> None:
+    result = subprocess.run(
+        [tool("actionlint"), f"-shellcheck={tool('shellcheck')}", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def benchmark_action_steps(path: Path) -> list[dict[str, Any]]:
+    workflow = yaml.safe_load(path.read_text())
+    return [
+        step["with"]
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        if str(step.get("uses", "")).startswith("benchmark-action/github-action-benchmark@")
+    ]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "ci" / "github").glob("*.yml")), ids=lambda p: p.name)
+def test_every_github_action_benchmark_step_has_a_name_of_its_own(path: Path) -> None:
+    # The action keeps one history per name: two tools under one name compare each other's
+    # entries, and a regression passes as "not found in previous benchmarks".
+    steps = benchmark_action_steps(path)
+    names = [step.get("name") for step in steps]
+    assert all(names) and len(set(names)) == len(names), names
+
+
+def test_the_dashboard_charts_both_exports_and_the_pytest_benchmark_file() -> None:
+    steps = {step["tool"]: step for step in benchmark_action_steps(GITHUB_DASHBOARD)}
+    assert set(steps) == {"customSmallerIsBetter", "customBiggerIsBetter", "pytest"}
+    assert steps["customSmallerIsBetter"]["output-file-path"].endswith("/smaller-is-better.json")
+    assert steps["customBiggerIsBetter"]["output-file-path"].endswith("/bigger-is-better.json")
+    assert steps["pytest"]["output-file-path"].endswith("/bench.json")
 
 
 def test_gitlab_ci_schema_passes_on_the_gitlab_file() -> None:
@@ -85,12 +116,22 @@ MERGE = {"merge", "compare"}
         (GITHUB, GATE),
         (GITLAB, GATE),
         (GITHUB_SHARDED, GATE | MERGE),
+        (GITHUB_DASHBOARD, {"reset-clocks", "export"}),
         (SLURM_SWEEP, {"reset-clocks"}),
         (SLURM_MERGE, MERGE),
         (K8S_SWEEP, {"reset-clocks"}),
         (K8S_MERGE, MERGE),
     ],
-    ids=["github", "gitlab", "github-sharded", "slurm-sweep", "slurm-merge", "k8s-sweep", "k8s-merge"],
+    ids=[
+        "github",
+        "gitlab",
+        "github-sharded",
+        "github-dashboard",
+        "slurm-sweep",
+        "slurm-merge",
+        "k8s-sweep",
+        "k8s-merge",
+    ],
 )
 def test_every_greenllm_command_exists_with_its_flags(path: Path, subcommands: set[str]) -> None:
     parser = build_parser()
@@ -106,11 +147,11 @@ def test_every_greenllm_command_exists_with_its_flags(path: Path, subcommands: s
 
 @pytest.mark.parametrize(
     "path",
-    [GITHUB, GITLAB, GITHUB_SHARDED, SLURM_SWEEP, K8S_SWEEP],
-    ids=["github", "gitlab", "github-sharded", "slurm-sweep", "k8s-sweep"],
+    [GITHUB, GITLAB, GITHUB_SHARDED, GITHUB_DASHBOARD, SLURM_SWEEP, K8S_SWEEP],
+    ids=["github", "gitlab", "github-sharded", "github-dashboard", "slurm-sweep", "k8s-sweep"],
 )
 def test_every_pytest_flag_exists(path: Path) -> None:
-    known = {o.flag for o in OPTIONS} | {"--greenllm", "--junitxml"}
+    known = {o.flag for o in OPTIONS} | {"--greenllm", "--junitxml", "--benchmark-json"}
     calls = commands(path, "pytest")
     assert calls
     for call in calls:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_greenllm.cli import main
-from pytest_greenllm.export import CSV_COLUMNS
+from pytest_greenllm.export import BIGGER_IS_BETTER, CSV_COLUMNS, SMALLER_IS_BETTER
 from pytest_greenllm.report import load_report
 
 REPORT = Path(__file__).with_name("data") / "report-v1.json"
@@ -70,3 +70,17 @@ def test_export_of_a_bad_report_is_exit_2(tmp_path: Path, capsys: pytest.Capture
     bad.write_text("{}")
     assert main(["export", str(bad), "--format", "csv"]) == 2
     assert capsys.readouterr().err.startswith(f"greenllm: error: {bad}: not a pytest-greenllm report")
+
+
+def test_readme_lists_every_bencher_measure_with_its_units() -> None:
+    # BMF carries no units: README's table is what users create the measures from.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| measure slug | units | better | threshold to set |", 1)[1].split("\n\n", 1)[0]
+    rows = [
+        [cell.strip(" `") for cell in line.strip("|").split("|")] for line in table.strip().splitlines()[1:]
+    ]
+    listed = {slug: (units, better) for slug, units, better, _ in rows}
+    assert listed == {
+        m.slug: (m.unit, "lower" if m.lower_is_better else "higher")
+        for m in SMALLER_IS_BETTER + BIGGER_IS_BETTER
+    }
