@@ -27,57 +27,25 @@ import dataclasses
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_greenllm.devices.fake_nvml import FakeNvml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fake_readings import gated_repeats, gated_summary
+
 from pytest_greenllm.gate import INCONCLUSIVE, MIN_REPEATS, REGRESSED, point_verdict
-from pytest_greenllm.record import Summary, energy_regressions, summarise
+from pytest_greenllm.record import Summary, energy_regressions
 
 # True changes, in tolerances: 0, +2.5%, +5%, +7.5% and +10% at the default 5%.
 CHANGES = (0.0, 0.5, 1.0, 1.5, 2.0)
 NOISES = (0.01, 0.03)
 BASE_REPEATS = 5
 FIXED = (3, 4, 5, 6, 7, 8)
-WINDOW_S = 2.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-class Sensor:
-    """One side's device: a fake H100 at half load, read once a repeat per metric."""
-
-    def __init__(self, noise: float, seed: int, power_scale: float) -> None:
-        self._clock = _Clock()
-        self._nvml = FakeNvml(
-            gpus=1, clock=self._clock, noise=noise, seed=seed, power_scale=power_scale, energy_counter=False
-        )
-        self._nvml.nvmlInit()
-        self._nvml.set_load(0.5)
-        self._handle = self._nvml.nvmlDeviceGetHandleByIndex(0)
-
-    def reading_w(self) -> float:
-        self._clock.now_s += WINDOW_S
-        return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000
-
-    def repeats(self, count: int) -> tuple[list[float], list[float]]:
-        """(J/output-token, average W) of ``count`` repeats: independent readings."""
-        per_token = [self.reading_w() * WINDOW_S / 400 for _ in range(count)]
-        return per_token, [self.reading_w() for _ in range(count)]
-
-
-def _summary(per_token: Sequence[float], watts: Sequence[float]) -> Summary:
-    return dataclasses.replace(
-        summarise(()), j_per_output_token_repeats=tuple(per_token), avg_power_w_repeats=tuple(watts)
-    )
 
 
 def _before(base: Sequence[float], head: Sequence[float], tolerance: float, rng: random.Random) -> bool:
@@ -116,13 +84,18 @@ class Tally:
 
 
 def _trial(
-    base: Summary, head: Sensor, most: int, tolerance: float, rng: random.Random
+    base: Summary,
+    head_j: Sequence[float],
+    head_w: Sequence[float],
+    most: int,
+    tolerance: float,
+    rng: random.Random,
 ) -> dict[str, tuple[str | None, int]]:
-    """One point judged by every method: {method: (verdict, head repeats spent)}."""
-    head_j, head_w = head.repeats(max(most, *FIXED))
+    """One point judged by every method, the head's repeats ``head_j`` (J/output token) and
+    ``head_w`` (W): {method: (verdict, head repeats spent)}."""
 
     def judged(count: int, looks: tuple[int, ...] = ()) -> str | None:
-        summary = _summary(head_j[:count], head_w[:count])
+        summary = gated_summary(list(head_j[:count]), list(head_w[:count]))
         return point_verdict([r.outcome for r in energy_regressions(base, summary, tolerance, looks)])
 
     sides = ((base.j_per_output_token_repeats, head_j), (base.avg_power_w_repeats, head_w))
@@ -149,9 +122,9 @@ def run(points: int, most: int, tolerance: float) -> dict[tuple[str, float, floa
         for change in CHANGES:
             for trial in range(points):
                 seed = 1_000_000 * round(noise * 100) + 10_000 * round(change * 10) + trial
-                base = _summary(*Sensor(noise, 2 * seed, 1.0).repeats(BASE_REPEATS))
-                head = Sensor(noise, 2 * seed + 1, 1 + change * tolerance)
-                for method, (verdict, spent) in _trial(base, head, most, tolerance, rng).items():
+                base = gated_summary(*gated_repeats(BASE_REPEATS, noise, 2 * seed))
+                head = gated_repeats(max(most, *FIXED), noise, 2 * seed + 1, 1 + change * tolerance)
+                for method, (verdict, spent) in _trial(base, *head, most, tolerance, rng).items():
                     tallies.setdefault((method, noise, change), Tally()).add(verdict, spent)
     return tallies
 

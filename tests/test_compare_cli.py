@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_readings import gated_repeats
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_greenllm.cli import main
 from pytest_greenllm.compare import compare_reports
-from pytest_greenllm.devices.fake_nvml import FakeNvml
 from pytest_greenllm.history import load_history
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.recommend import recommend
@@ -197,36 +197,12 @@ def test_points_in_one_report_only_are_listed_not_failed(tmp_path: Path, capsys:
 
 # --- the gate's error rates through `greenllm compare` (issue 15's Done-when) -----------------
 NOISE, REPEATS, SWEEP = 0.03, 5, 300  # SWEEP: the Done-when's 300 points
-WINDOW_S, TOKENS = 2.0, 400  # one repeat's window and output tokens
-
-
-class ManualClock:
-    """Simulated time: the fake's readings need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 def noisy_point(index: int, seed: int, power_scale: float, repeats: int, noise: float) -> PointRecord:
-    """Point ``index`` (its own workload, so its own id) measured ``repeats`` times on a
-    half-loaded fake H100 that draws ``power_scale`` times its power: each repeat's J/output
-    token and average power are one noisy power reading each (independent noise)."""
-    clock = ManualClock()
-    fake = FakeNvml(
-        gpus=1, clock=clock, noise=noise, seed=seed, power_scale=power_scale, energy_counter=False
-    )
-    fake.nvmlInit()
-    fake.set_load(0.5)
-    handle = fake.nvmlDeviceGetHandleByIndex(0)
-    readings = []
-    for _ in range(2 * repeats):
-        clock.now_s += WINDOW_S
-        readings.append(fake.nvmlDeviceGetPowerUsage(handle) / 1000)
-    per_token = [w * WINDOW_S / TOKENS for w in readings[:repeats]]
-    watts = readings[repeats:]
+    """Point ``index`` (its own workload, so its own id) measured ``repeats`` times on the
+    fake sensor (fake_readings.gated_repeats), drawing ``power_scale`` times its power."""
+    per_token, watts = gated_repeats(repeats, noise, seed, power_scale)
     summary = dataclasses.replace(
         summarise(()),
         j_per_output_token=statistics.fmean(per_token),

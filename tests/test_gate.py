@@ -7,7 +7,6 @@ their repeat counts small to keep the distinct keys few."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import statistics
@@ -15,10 +14,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pytest
+from fake_readings import gated_repeats, gated_summary
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pytest_greenllm.devices.fake_nvml import FakeNvml
 from pytest_greenllm.gate import (
     FALSE_ALARM,
     INCONCLUSIVE,
@@ -32,7 +31,7 @@ from pytest_greenllm.gate import (
     judge,
     point_verdict,
 )
-from pytest_greenllm.record import Summary, energy_regressions, summarise
+from pytest_greenllm.record import Summary, energy_regressions
 
 RANK = {OK: 0, INCONCLUSIVE: 1, REGRESSED: 2}  # the verdicts, from best to worst
 
@@ -303,39 +302,11 @@ def test_the_zone_is_half_to_twice_the_tolerance(tolerance: float) -> None:
 
 # --- error rates on the fake NVML's readings ----------------------------------------------------
 NOISE, REPEATS, TOLERANCE, TRIALS = 0.03, 5, 0.05, 2000
-WINDOW_S, TOKENS = 2.0, 400  # one repeat's window and output tokens
-
-
-class ManualClock:
-    """Simulated time: the fake's readings need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 def measured_side(seed: int, power_scale: float) -> Summary:
-    """A point's summary of REPEATS repeats on a half-loaded fake H100: each repeat's J/output
-    token and average power are one noisy power reading each (independent noise), both scaled
-    by ``power_scale``, as when the GPU draws more for the same work."""
-    clock = ManualClock()
-    fake = FakeNvml(
-        gpus=1, clock=clock, noise=NOISE, seed=seed, power_scale=power_scale, energy_counter=False
-    )
-    fake.nvmlInit()
-    fake.set_load(0.5)
-    handle = fake.nvmlDeviceGetHandleByIndex(0)
-    readings = []
-    for _ in range(2 * REPEATS):
-        clock.now_s += WINDOW_S
-        readings.append(fake.nvmlDeviceGetPowerUsage(handle) / 1000)
-    return dataclasses.replace(
-        summarise(()),
-        j_per_output_token_repeats=tuple(w * WINDOW_S / TOKENS for w in readings[:REPEATS]),
-        avg_power_w_repeats=tuple(readings[REPEATS:]),
-    )
+    """A point's summary of REPEATS repeats on the fake sensor (fake_readings.gated_repeats)."""
+    return gated_summary(*gated_repeats(REPEATS, NOISE, seed, power_scale))
 
 
 def verdicts_at(change: float) -> Counter[str | None]:

@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
+from fake_readings import j_per_token, power_readings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_greenllm.devices.fake_nvml import FakeNvml
 from pytest_greenllm.gate import INCONCLUSIVE, OK, REGRESSED
 from pytest_greenllm.record import Summary, Verdicts, energy_regressions, summarise
 from pytest_greenllm.verdicts import (
@@ -170,33 +170,9 @@ def test_goodput_with_no_good_or_no_requests() -> None:
 
 
 # --- the regression gate over fake-NVML noise ---------------------------------------------
-class ManualClock:
-    """Simulated time: the fake's readings need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
 def j_per_token_repeats(seed: int, noise: float, power_scale: float = 1.0) -> list[float]:
-    """J/token of each repeat from one noisy power reading of a half-loaded fake H100.
-
-    One reading a repeat keeps the fake's full relative noise in each repeat: a mean of N
-    readings would shrink it to noise/sqrt(N) and test a quieter world than the issue's."""
-    clock = ManualClock()
-    fake = FakeNvml(
-        gpus=1, clock=clock, noise=noise, seed=seed, power_scale=power_scale, energy_counter=False
-    )
-    fake.nvmlInit()
-    fake.set_load(0.5)
-    handle = fake.nvmlDeviceGetHandleByIndex(0)
-    out = []
-    for _ in range(REPEATS):
-        clock.now_s += WINDOW_S
-        out.append(fake.nvmlDeviceGetPowerUsage(handle) / 1000 * WINDOW_S / TOKENS)
-    return out
+    """J/token of each of REPEATS repeats, one noisy reading of the fake sensor each."""
+    return j_per_token(power_readings(REPEATS, noise, seed, power_scale))
 
 
 def test_ten_percent_more_on_every_repeat_fails_the_gate() -> None:
