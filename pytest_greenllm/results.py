@@ -109,7 +109,12 @@ def load_baseline(path: Path, fingerprint: dict[str, Any], allow_mismatch: bool)
     """The baseline: one report, or a folder's recent matching reports pooled; the baseline
     of another setup is refused (SetupMismatch). Returns it and notes to print."""
     history = load_history(path, fingerprint, allow_mismatch)
-    differences = check_setup(history.report.fingerprint, fingerprint, str(path), allow=True)
+    # What this run does not know yet (the meter's method, until its first window) is no
+    # difference to report.
+    unknown = {key for key, value in fingerprint.items() if value is None}
+    base = {key: value for key, value in history.report.fingerprint.items() if key not in unknown}
+    known = {key: value for key, value in fingerprint.items() if key not in unknown}
+    differences = check_setup(base, known, str(path), allow=True)
     notes = history.lines() + [f"baseline differs: {line}" for line in differences]
     return history, notes
 

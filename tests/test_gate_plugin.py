@@ -274,3 +274,15 @@ def test_fake_load_holds_between_proc_stat_ticks(monkeypatch: pytest.MonkeyPatch
     assert busy() == 1.0
     # Nothing was learnt since: the CPU is as busy as it was, not idle.
     assert busy() == 1.0
+
+
+def test_the_same_setup_reports_no_difference_from_its_baseline(
+    sweep: pytest.Pytester, baseline: Path
+) -> None:
+    # The head's meter method is unknown until its first window: not a difference to report.
+    # (The tolerance is wide: the fake's power follows this machine's CPU bursts, and one
+    # repeat a side is judged by the plain threshold.)
+    result = sweep.runpytest(*KNOBS, f"--greenllm-baseline={baseline}", "--greenllm-energy-tolerance=300%")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"greenllm: baseline: {baseline}"])
+    assert "baseline differs" not in result.stdout.str()
