@@ -100,7 +100,9 @@ def test_the_gate_catches_injected_power_and_passes_an_unchanged_sweep(
     assert gate(ci_dir / "no-baseline-yet", first, summary) == 0
     assert "no baseline" in summary.read_text()
 
-    regressed = sweep(ci_dir, "regressed", power_scale="1.1")
+    # 30% more power: with 3 repeats a side the gate settles +10% in most points, not all
+    # (docs/gate.md); this test is about the workflow's steps, not the gate's power.
+    regressed = sweep(ci_dir, "regressed", power_scale="1.3")
     summary.unlink()
     assert gate(first, regressed, summary) == 1
     text = summary.read_text()
