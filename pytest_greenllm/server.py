@@ -392,8 +392,10 @@ def _install() -> None:
         if _in_main_thread():
             for signum in _SIGNALS:
                 # Again where another handler took over since (the clock guard putting its
-                # own previous one back): it becomes the one to chain to.
-                if signal.getsignal(signum) is not _on_signal:
+                # own previous one back): it becomes the one to chain to. Not where the
+                # signal is ignored (SIGINT in a job started with `&`): the run goes on.
+                current = signal.getsignal(signum)
+                if current is not _on_signal and current != signal.SIG_IGN:
                     _previous[signum] = signal.signal(signum, _on_signal)
 
 

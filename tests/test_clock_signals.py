@@ -33,6 +33,14 @@ from pytest_greenllm.devices.guard import ClockGuard
 from pytest_greenllm.devices.nvml import NvmlSession
 
 fake_state, guard_state, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+# As at a terminal, whatever the shell that started the tests left SIGINT as (a job started
+# with `&` inherits it ignored); "ignored-" cases ignore it on purpose.
+ignored = how.startswith("ignored-")
+if ignored:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    how = how.removeprefix("ignored-")
+else:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def show(when):
     locked = [g["locked_mhz"] for g in json.loads(fake_state.read_text()).values()]
@@ -55,7 +63,8 @@ if how.startswith("fork"):
     sys.exit(0)
 try:
     os.kill(os.getpid(), getattr(signal, how))
-    time.sleep(30)
+    # A signal a process sends itself is handled before kill returns; an ignored one never.
+    time.sleep(1 if ignored else 30)
 except KeyboardInterrupt:
     show("KeyboardInterrupt")
     raise
@@ -95,6 +104,15 @@ def test_sigint_resets_clocks_before_keyboard_interrupt(tmp_path: Path) -> None:
     assert result.stdout == f"before {LOCKED_BOTH}\nKeyboardInterrupt {RESET_BOTH}\n"
     assert "KeyboardInterrupt" in result.stderr
     assert result.returncode == -signal.SIGINT
+    assert fake_locks(tmp_path / "fake.json") == [None, None]
+
+
+def test_an_ignored_sigint_leaves_the_clocks_locked(tmp_path: Path) -> None:
+    # The signal ends nothing, so the run goes on and needs its clocks as they were.
+    result = run_guard_script(tmp_path, "ignored-SIGINT")
+    assert result.stdout == f"before {LOCKED_BOTH}\nthe signal did not end the process\n", result.stderr
+    assert result.returncode == 0
+    # The owner's own exit (atexit) resets them.
     assert fake_locks(tmp_path / "fake.json") == [None, None]
 
 

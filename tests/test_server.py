@@ -365,6 +365,14 @@ from pathlib import Path
 from pytest_greenllm.server import ServerProcess, free_port
 
 fake, tmp, how = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+# As at a terminal, whatever the shell that started the tests left SIGINT as (a job started
+# with `&` inherits it ignored); "ignored-" cases ignore it on purpose.
+ignored = how.startswith("ignored-")
+if ignored:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    how = how.removeprefix("ignored-")
+else:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if how == "popen-sigterm":
     import subprocess
 
@@ -393,11 +401,13 @@ if how == "exit":
     sys.exit(0)
 try:
     os.kill(os.getpid(), getattr(signal, how))
-    time.sleep(30)
+    # A signal a process sends itself is handled before kill returns; an ignored one never.
+    time.sleep(1 if ignored else 30)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", server.alive(), flush=True)
     raise
-print("the signal did not end the process", flush=True)
+print("the signal did not end the process", server.alive(), flush=True)
+server.stop()
 """
 
 
@@ -424,6 +434,14 @@ def test_sigint_stops_the_servers_before_keyboard_interrupt(tmp_path: Path) -> N
     assert all(gone(pid) for pid in pids(tmp_path).values())
 
 
+def test_an_ignored_sigint_leaves_the_servers_running(tmp_path: Path) -> None:
+    # The signal ends nothing, so the run goes on and needs its server.
+    result = run_exit_script(tmp_path, "ignored-SIGINT")
+    assert result.stdout == "started\nthe signal did not end the process True\n", result.stderr
+    assert result.returncode == 0
+    assert all(gone(pid) for pid in pids(tmp_path).values())
+
+
 def test_a_signal_right_after_popen_still_stops_the_server(tmp_path: Path) -> None:
     result = run_exit_script(tmp_path, "popen-sigterm")
     assert result.stdout.startswith("popen ") and "started" not in result.stdout, result.stderr
@@ -446,10 +464,16 @@ def test_a_forked_child_leaves_its_parents_servers_alone(tmp_path: Path) -> None
 
 
 def test_signal_handlers_are_installed_once_and_chain(tmp_path: Path) -> None:
-    with fake(tmp_path):
-        pass
-    assert signal.getsignal(signal.SIGTERM) is server_module._on_signal
-    assert server_module._previous[signal.SIGINT] is not server_module._on_signal
+    # As at a terminal: a shell's `&` job starts with SIGINT ignored, which stays so.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with fake(tmp_path):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is server_module._on_signal
+        assert signal.getsignal(signal.SIGINT) is server_module._on_signal
+        assert server_module._previous[signal.SIGINT] is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 # --- the real server -------------------------------------------------------------------------

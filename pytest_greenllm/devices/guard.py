@@ -253,7 +253,10 @@ class ClockGuard:
         atexit.register(self._restore_quietly)
         if threading.current_thread() is threading.main_thread():
             for signum in _SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
+                # An ignored signal (SIGINT in a job a shell started with `&`) ends nothing:
+                # the run goes on, and so must its locked clocks.
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._on_signal)
         self._installed = True
 
     def uninstall(self) -> None:
