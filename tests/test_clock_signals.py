@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fake_engine import sweep_knobs
+from signal_scripts import SIGINT_AS_AT_A_TERMINAL
 
 from pytest_greenllm.cli import main
 from pytest_greenllm.devices.fake_nvml import FakeNvml
@@ -25,7 +26,8 @@ TIMEOUT_S = 60
 
 # Locks both GPUs of a fake whose driver state lives in a file, installs the guard, then
 # ends as argv[3] says. It prints what the driver file shows at each step.
-GUARD_SCRIPT = r"""
+GUARD_SCRIPT = (
+    r"""
 import json, os, signal, sys, time
 from pathlib import Path
 from pytest_greenllm.devices.fake_nvml import FakeNvml
@@ -33,14 +35,9 @@ from pytest_greenllm.devices.guard import ClockGuard
 from pytest_greenllm.devices.nvml import NvmlSession
 
 fake_state, guard_state, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-# As at a terminal, whatever the shell that started the tests left SIGINT as (a job started
-# with `&` inherits it ignored); "ignored-" cases ignore it on purpose.
-ignored = how.startswith("ignored-")
-if ignored:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    how = how.removeprefix("ignored-")
-else:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+"""
+    + SIGINT_AS_AT_A_TERMINAL
+    + r"""
 
 def show(when):
     locked = [g["locked_mhz"] for g in json.loads(fake_state.read_text()).values()]
@@ -70,6 +67,7 @@ except KeyboardInterrupt:
     raise
 print("the signal did not end the process", flush=True)
 """
+)
 
 LOCKED_BOTH = "[[1410, 1410], [1410, 1410]] True"
 RESET_BOTH = "[None, None] False"

@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
+from signal_scripts import SIGINT_AS_AT_A_TERMINAL
 
 from pytest_greenllm import server as server_module
 from pytest_greenllm.driver import EngineFailed, EngineSpec
@@ -359,20 +360,16 @@ def test_another_server_on_the_port_is_not_taken_for_ours(tmp_path: Path) -> Non
 # --- however this process ends -------------------------------------------------------------
 
 # Starts a fake server (with a child), then ends as argv[3] says; prints what it sees.
-EXIT_SCRIPT = r"""
+EXIT_SCRIPT = (
+    r"""
 import os, signal, sys, time
 from pathlib import Path
 from pytest_greenllm.server import ServerProcess, free_port
 
 fake, tmp, how = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-# As at a terminal, whatever the shell that started the tests left SIGINT as (a job started
-# with `&` inherits it ignored); "ignored-" cases ignore it on purpose.
-ignored = how.startswith("ignored-")
-if ignored:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    how = how.removeprefix("ignored-")
-else:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+"""
+    + SIGINT_AS_AT_A_TERMINAL
+    + r"""
 if how == "popen-sigterm":
     import subprocess
 
@@ -409,6 +406,7 @@ except KeyboardInterrupt:
 print("the signal did not end the process", server.alive(), flush=True)
 server.stop()
 """
+)
 
 
 def run_exit_script(tmp_path: Path, how: str) -> subprocess.CompletedProcess[str]:
