@@ -403,8 +403,8 @@ try:
 except KeyboardInterrupt:
     print("KeyboardInterrupt", server.alive(), flush=True)
     raise
+# Its exit (atexit) stops the server.
 print("the signal did not end the process", server.alive(), flush=True)
-server.stop()
 """
 )
 
