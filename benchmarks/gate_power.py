@@ -14,8 +14,23 @@ the GPU draws more for the same work. The methods:
   until the verdict is settled, at most ``--max``.
 
 "fires" counts regressed verdicts; an inconclusive one is counted apart (what it does is
-the user's choice: ``--greenllm-inconclusive``). The last table puts ``auto`` beside the
+the user's choice: ``--greenllm-inconclusive``). The next table puts ``auto`` beside the
 fewest fixed repeats whose errors are as small: what the sequential gate saves.
+
+Then run-to-run noise, at 3% a repeat: each run of a point (three baseline reports, then the
+head) draws e^o times the power, o a run offset of sd 1.5% (``fake_readings.run_scales``):
+
+- ``offsets``: independent runs;
+- ``drift``: an AR(1) series, neighbouring runs correlated by 0.5 (the head is the newest);
+- ``outlier``: independent runs, and the head's first repeat 20% high.
+
+with the methods:
+
+- ``one report``: the newest baseline report alone, pooled t (what ignores the offsets);
+- ``one report + profile``: the same, with a noise profile of the true spreads known as
+  well as 5 calibration runs know them (between-run df 4; ``greenllm calibrate``);
+- ``history of 3``: the three reports pooled, one-way random effects;
+- ``history of 3, auto``: the same with sequential head repeats.
 
     python benchmarks/gate_power.py [--points 1000] [--max 10] [--tolerance 0.05]
 """
@@ -36,9 +51,17 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_readings import gated_repeats, gated_summary
+from fake_readings import (
+    Side,
+    gated_repeats,
+    gated_summary,
+    point_runs,
+    pooled_summary,
+    run_scales,
+    with_outlier,
+)
 
-from pytest_greenllm.gate import INCONCLUSIVE, MIN_REPEATS, REGRESSED, point_verdict
+from pytest_greenllm.gate import INCONCLUSIVE, MIN_REPEATS, OK, REGRESSED, Noise, point_verdict
 from pytest_greenllm.record import Summary, energy_regressions
 
 # True changes, in tolerances: 0, +2.5%, +5%, +7.5% and +10% at the default 5%.
@@ -46,6 +69,12 @@ CHANGES = (0.0, 0.5, 1.0, 1.5, 2.0)
 NOISES = (0.01, 0.03)
 BASE_REPEATS = 5
 FIXED = (3, 4, 5, 6, 7, 8)
+# Run-to-run noise: (AR(1) correlation, factor of the head's first repeat) by scenario.
+SCENARIOS = {"offsets": (0.0, 1.0), "drift": (0.5, 1.0), "outlier": (0.0, 1.2)}
+RUN_NOISE, BETWEEN, HISTORY = 0.03, 0.015, 3
+# The profile a 5-run calibration of this box would give, its spreads exact: between-run df
+# 4 (noise.py: shared offsets are known only as well as the runs show them).
+PROFILE = {key: Noise(RUN_NOISE**2, 400, BETWEEN**2, 4) for key in ("j_per_output_token", "avg_power_w")}
 
 
 def _before(base: Sequence[float], head: Sequence[float], tolerance: float, rng: random.Random) -> bool:
@@ -65,6 +94,7 @@ def _before(base: Sequence[float], head: Sequence[float], tolerance: float, rng:
 class Tally:
     fired: int = 0
     inconclusive: int = 0
+    ok: int = 0
     repeats: int = 0
     trials: int = 0
 
@@ -72,6 +102,7 @@ class Tally:
         self.trials += 1
         self.fired += verdict == REGRESSED
         self.inconclusive += verdict == INCONCLUSIVE
+        self.ok += verdict == OK
         self.repeats += repeats
 
     @property
@@ -103,15 +134,20 @@ def _trial(
     out: dict[str, tuple[str | None, int]] = {"before (5)": (REGRESSED if fired else "ok", 5)}
     for count in FIXED:
         out[f"fixed {count}"] = (judged(count), count)
-    # As runner.measure does: judged at every look with the boundary of all of them.
+    out[f"auto (2..{most})"] = _sequential(judged, most)
+    return out
+
+
+def _sequential(judged: Callable[[int, tuple[int, ...]], str | None], most: int) -> tuple[str | None, int]:
+    """As runner.measure does: judged at every look with the boundary of all of them, one
+    more repeat while inconclusive. (verdict, repeats spent)."""
     looks = tuple(range(MIN_REPEATS, most + 1))
     count = MIN_REPEATS
     verdict = judged(count, looks)
     while verdict == INCONCLUSIVE and count < most:
         count += 1
         verdict = judged(count, looks)
-    out[f"auto (2..{most})"] = (verdict, count)
-    return out
+    return verdict, count
 
 
 def run(points: int, most: int, tolerance: float) -> dict[tuple[str, float, float], Tally]:
@@ -127,6 +163,87 @@ def run(points: int, most: int, tolerance: float) -> dict[tuple[str, float, floa
                 for method, (verdict, spent) in _trial(base, *head, most, tolerance, rng).items():
                     tallies.setdefault((method, noise, change), Tally()).add(verdict, spent)
     return tallies
+
+
+def _run_trial(
+    runs: Sequence[Side], head: Side, most: int, tolerance: float
+) -> dict[str, tuple[str | None, int]]:
+    """One point against three baseline runs by every run-noise method: {method: (verdict,
+    head repeats spent)}."""
+
+    def judged(base: Summary, count: int, looks: tuple[int, ...] = (), profile: bool = False) -> str | None:
+        summary = gated_summary(head[0][:count], head[1][:count])
+        noise = PROFILE if profile else None
+        return point_verdict([r.outcome for r in energy_regressions(base, summary, tolerance, looks, noise)])
+
+    newest = gated_summary(*runs[-1])
+    history = pooled_summary(runs)
+    return {
+        "one report": (judged(newest, BASE_REPEATS), BASE_REPEATS),
+        "one report + profile": (judged(newest, BASE_REPEATS, profile=True), BASE_REPEATS),
+        f"history of {HISTORY}": (judged(history, BASE_REPEATS), BASE_REPEATS),
+        f"history of {HISTORY}, auto (2..{most})": _sequential(
+            lambda n, looks: judged(history, n, looks), most
+        ),
+    }
+
+
+def run_noise(points: int, most: int, tolerance: float) -> dict[tuple[str, str, float], Tally]:
+    """Every run-noise method in every scenario and change (in tolerances):
+    {(scenario, method, change): tally}."""
+    tallies: dict[tuple[str, str, float], Tally] = {}
+    for index, (scenario, (rho, outlier)) in enumerate(SCENARIOS.items()):
+        for change in CHANGES:
+            for trial in range(points):
+                seed = 100_000_000 * (index + 1) + 100_000 * round(change * 10) + trial
+                scales = run_scales(HISTORY + 1, BETWEEN, rho, seed)
+                sides = point_runs(max(most, BASE_REPEATS), RUN_NOISE, seed, scales, change * tolerance)
+                runs = [(j[:BASE_REPEATS], w[:BASE_REPEATS]) for j, w in sides[:HISTORY]]
+                head = with_outlier(sides[HISTORY], outlier)
+                for method, (verdict, spent) in _run_trial(runs, head, most, tolerance).items():
+                    tally = tallies.setdefault((scenario, method, change), Tally())
+                    tally.add(verdict, spent)
+    return tallies
+
+
+def _run_noise_tables(
+    tallies: dict[tuple[str, str, float], Tally], tolerance: float, points: int
+) -> list[str]:
+    lines = []
+    methods = list(dict.fromkeys(method for _, method, _ in tallies))
+    for scenario in SCENARIOS:
+        rows = []
+        for method in methods:
+            cells = [tallies[(scenario, method, change)] for change in CHANGES]
+            rows.append(
+                (
+                    method,
+                    *(
+                        f"{c.fire_rate:.1%}"
+                        + (f" ({c.inconclusive / c.trials:.0%} inc)" if c.inconclusive else "")
+                        for c in cells
+                    ),
+                    f"{cells[-1].ok / cells[-1].trials:.1%}",
+                    f"{statistics.fmean(c.mean_repeats for c in cells):.2f}",
+                )
+            )
+        headers = (
+            "method",
+            *(f"fires at {change * tolerance:+.1%}" for change in CHANGES),
+            f"ok at {CHANGES[-1] * tolerance:+.1%}",
+            "mean head repeats",
+        )
+        rho, outlier = SCENARIOS[scenario]
+        what = f"AR(1) ρ={rho:g}" if rho else "independent runs"
+        if outlier != 1:
+            what += f", head's first repeat {outlier - 1:+.0%}"
+        lines.append(
+            f"\n{scenario}: run-to-run sd {BETWEEN:.1%} ({what}), noise {RUN_NOISE:.0%} a repeat, "
+            f"{HISTORY} baseline reports of {BASE_REPEATS} repeats, tolerance {tolerance:.0%}, "
+            f"{points} points a cell"
+        )
+        lines.append(tabulate(rows, headers=headers, disable_numparse=True))
+    return lines
 
 
 def _same_power(tallies: dict[tuple[str, float, float], Tally], noise: float, auto: str) -> str | None:
@@ -199,6 +316,10 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
             )
     headers = ("noise", "method", "detects 2τ", "false alarm τ/2", "mean repeats (all changes)")
     out(tabulate(rows, headers=headers, disable_numparse=True))
+    for line in _run_noise_tables(
+        run_noise(args.points, args.max, args.tolerance), args.tolerance, args.points
+    ):
+        out(line)
     out(f"\n({time.monotonic() - started:.0f} s)")
     return 0
 

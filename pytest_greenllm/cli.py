@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from pytest_greenllm import __version__
+from pytest_greenllm.calibrate import profile_of, run_aa
+from pytest_greenllm.calibrate import render as render_calibration
 from pytest_greenllm.compare import compare_reports
 from pytest_greenllm.compare import render as render_comparison
 from pytest_greenllm.config import Raw, Settings, parse_tolerance
@@ -29,6 +31,7 @@ from pytest_greenllm.html_report import OutputError, draw_report
 from pytest_greenllm.ini_files import find_ini
 from pytest_greenllm.loads import CpuSpinLoad, Load, gpu_load
 from pytest_greenllm.merge import merge_files
+from pytest_greenllm.noise import read_profile, write_profile
 from pytest_greenllm.options import OPTIONS, OPTIONS_BY_NAME, add_knob_options
 from pytest_greenllm.recommend import PlotUnavailable, plot, recommend
 from pytest_greenllm.recommend import render as render_recommendation
@@ -124,11 +127,42 @@ def build_parser() -> argparse.ArgumentParser:
         "and pass exit 0 (both list it). Default: warn.",
     )
     compare.add_argument(
+        "--noise",
+        type=Path,
+        default=None,
+        metavar="PROFILE",
+        help="a noise profile from greenllm calibrate: the run-to-run spread the gate adds",
+    )
+    compare.add_argument(
         "--missing-baseline",
         choices=("fail", "pass"),
         default="fail",
         help="when the base does not exist yet (a first run): 'fail' (exit 2) "
         "or 'pass' (exit 0, saying so). Default: fail.",
+    )
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure this box's run-to-run noise (A/A runs) and write a noise profile",
+        description="Run the same sweep K times (--runs K, each a fresh pytest process; "
+        "pytest's arguments follow --) or read K >= 2 reports of such runs, estimate the "
+        "within-run and between-run noise of J/output-token and average power, write the "
+        "profile that --greenllm-noise and `greenllm compare --noise` read, and print the "
+        "smallest change each repeat count can detect (docs/gate.md).",
+    )
+    calibrate.add_argument("reports", type=Path, nargs="*", help="reports of A/A runs (without --runs)")
+    calibrate.add_argument("--runs", type=int, default=None, metavar="K", help="run the sweep K >= 2 times")
+    calibrate.add_argument(
+        "--output",
+        type=Path,
+        default=Path("greenllm-noise.json"),
+        metavar="PROFILE",
+        help="where the profile goes; the runs' reports go beside it. Default: greenllm-noise.json.",
+    )
+    calibrate.add_argument(
+        "--tolerance", default="5%", help="the tolerance to size repeats for. Default: 5%%."
+    )
+    calibrate.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: the arguments of each run's pytest"
     )
     merge = commands.add_parser(
         "merge",
@@ -304,7 +338,10 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         head = load_report(args.head)
         history = load_history(args.base, head.fingerprint, args.allow_mismatch, args.history)
-        comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch, history.pooled)
+        noise = (
+            None if args.noise is None else read_profile(args.noise, head.fingerprint, args.allow_mismatch)
+        )
+        comparison = compare_reports(history.report, head, tolerance, args.allow_mismatch, noise)
     except ReportError as e:
         print(f"greenllm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -313,6 +350,33 @@ def _compare(args: argparse.Namespace) -> int:
     _emit(render_comparison(comparison, markdown=markdown), args.output)
     unsettled = comparison.inconclusive and args.inconclusive == "fail"
     return EXIT_FAILED if comparison.regressed or unsettled else EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    tolerance = parse_tolerance(
+        Raw(OPTIONS_BY_NAME["energy-tolerance"], args.tolerance, f"--tolerance={args.tolerance}")
+    )
+    pytest_args = [a for a in args.pytest_args if a != "--"]
+    if args.runs is not None:
+        if args.runs < 2:
+            raise pytest.UsageError(f"--runs={args.runs}: between-run noise needs at least 2 runs")
+        if args.reports:
+            raise pytest.UsageError("give --runs K or reports of earlier runs, not both")
+        folder = args.output.with_name(args.output.stem + "-runs")
+        paths = run_aa(args.runs, folder, pytest_args, print)
+    else:
+        if pytest_args:
+            raise pytest.UsageError("pytest arguments after -- apply to --runs K only")
+        paths = list(args.reports)
+    try:
+        profile = profile_of(paths)
+        write_profile(args.output, profile)
+    except OSError as e:
+        print(f"greenllm: error: cannot write {args.output} ({e.strerror or e})", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_calibration(profile, tolerance))
+    print(f"greenllm: noise profile written: {args.output}")
+    return EXIT_OK
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -424,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "report": _report,
         "doctor": _doctor,
+        "calibrate": _calibrate,
     }
     try:
         return commands[args.command](args)

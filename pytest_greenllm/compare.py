@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from pytest_greenllm.gate import INCONCLUSIVE, OK, REGRESSED, point_verdict
+from pytest_greenllm.noise import NoiseProfile
 from pytest_greenllm.record import (
     AVG_POWER,
     J_PER_TOKEN,
@@ -79,12 +80,26 @@ def _verdict(regressions: list[Regression], tolerance: float) -> str:
     return verdict
 
 
+def recorded_looks(report: Report) -> tuple[int, ...]:
+    """The repeat counts the plugin judged ``report``'s points at (sequential repeats), so
+    that a comparison reaches the verdict the plugin did; () for a fixed count or a report
+    that does not say."""
+    looks = report.settings.get("looks")
+    if isinstance(looks, list) and looks and all(isinstance(n, int) and n >= 1 for n in looks):
+        return tuple(looks)
+    return ()
+
+
 def compare_reports(
-    base: Report, head: Report, tolerance: float, allow_mismatch: bool = False, history: bool = False
+    base: Report,
+    head: Report,
+    tolerance: float,
+    allow_mismatch: bool = False,
+    noise: NoiseProfile | None = None,
 ) -> Comparison:
     """Judge J/output-token and average power of shared points over their repeats, with the
-    gate of gate.py (one look: the repeats each report has). ``history``: ``base`` pools
-    several reports, whose spread is the noise."""
+    gate of gate.py, at the looks ``head`` records (recorded_looks). A ``base`` pooled from
+    several reports (``summary.runs``) and a ``noise`` profile add the run-to-run noise."""
     differences = check_setup(base.fingerprint, head.fingerprint, "the base", allow=allow_mismatch)
     base_points = {p.id: p.summary for p in base.points}
     head_points = {p.id: p.summary for p in head.points}
@@ -92,9 +107,13 @@ def compare_reports(
     if not shared:
         raise CompareError("the reports share no knob point: nothing to compare")
     rows = []
+    looks = recorded_looks(head)
+    profile = None if noise is None else noise.metrics
     for point_id in shared:
         b, h = base_points[point_id], head_points[point_id]
-        regressions = energy_regressions(b, h, tolerance, history=history)
+        regressions = energy_regressions(
+            b, h, tolerance, looks if len(h.j_per_output_token_repeats) in looks else (), profile
+        )
         counts = {f"{r.repeats[0]} vs {r.repeats[1]}" for r in regressions if r.repeats}
         rows.append(
             Row(

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_greenllm.arrivals import CLOSED_LOOP, RATE_KINDS, Load
 from pytest_greenllm.devices.base import DEVICE_KINDS
-from pytest_greenllm.gate import INCONCLUSIVE_POLICIES, MIN_REPEATS
+from pytest_greenllm.gate import BASELINE_REPEATS, INCONCLUSIVE_POLICIES, MIN_REPEATS
 from pytest_greenllm.knobs import ALL_CLOCKS, FreqRequest
 from pytest_greenllm.model_info import ModelError, ModelInfo, resolve_model, unresolved_model
 from pytest_greenllm.options import ENABLE_FLAG, OPTIONS, PYTEST_PREFIX, KnobOption
@@ -78,22 +78,33 @@ def parse_positive_int(raw: Raw, what: str) -> int:
     return int(raw.text)
 
 
-def parse_repeats(raw: Raw) -> tuple[int, bool]:
-    """(the fixed count, sequential): a whole number >= 1, or 'auto'."""
-    if raw.text.strip().lower() == "auto":
-        return MIN_REPEATS, True
+def parse_repeats(raw: Raw, baseline: bool) -> tuple[int, bool]:
+    """(the fewest or fixed count, sequential): a whole number >= 1, or 'auto' (the default
+    with a ``baseline``). 'auto' without a baseline runs BASELINE_REPEATS: that report will
+    be the next run's baseline, and 2 repeats of it would leave +10% caught 41% of the time."""
+    if raw.text.strip().lower() == "auto" or (baseline and not raw.given):
+        return (MIN_REPEATS if baseline else BASELINE_REPEATS), True
     if not raw.text.strip().isdigit() or int(raw.text) < 1:
         raise raw.error("the repeat count must be a whole number >= 1, or 'auto'")
     return int(raw.text), False
 
 
-def parse_max_repeats(raw: Raw, auto: bool) -> int:
-    """The most repeats 'auto' spends: a whole number >= 2; only with 'auto'."""
+def parse_max_repeats(raw: Raw, auto: bool, fewest: int) -> int:
+    """The most repeats 'auto' spends: a whole number >= ``fewest``; only with 'auto'."""
     if raw.given and not auto:
         raise raw.error(f"it applies to {raw.flag_prefix}repeats=auto only; give that too, or drop it")
-    if not raw.text.strip().isdigit() or int(raw.text) < MIN_REPEATS:
-        raise raw.error(f"the most repeats must be a whole number >= {MIN_REPEATS}")
+    if not raw.text.strip().isdigit() or int(raw.text) < fewest:
+        raise raw.error(f"the most repeats must be a whole number >= {fewest}, the fewest 'auto' runs here")
     return int(raw.text)
+
+
+def parse_confidence(raw: Raw) -> float:
+    """'95%' or 0.95: a confidence strictly between 50% and 100%."""
+    text = raw.text.strip()
+    value = _number(text[:-1]) / 100 if text.endswith("%") else _number(text)
+    if not 0.5 < value < 1:
+        raise raw.error("the confidence must be a percentage above 50% and below 100%, such as 95%")
+    return value
 
 
 def parse_inconclusive(raw: Raw) -> str:
@@ -446,7 +457,7 @@ class Settings:
     repeats: int  # the fixed count; with auto_repeats, the fewest
     auto_repeats: bool  # sequential: more repeats until the energy verdict is settled
     max_repeats: int  # the most auto_repeats spends
-    inconclusive: str  # fail, pass or warn: what an unsettled energy verdict does
+    inconclusive: str  # fail, pass or warn: what an unsettled energy or SLO verdict does
     requests: int | None  # None: 'auto', see workloads.request_count
     seed: int
     trace: Trace | None
@@ -464,6 +475,8 @@ class Settings:
     baseline_path: Path | None
     energy_tolerance: float  # relative: 0.05 is 5%
     resume_path: Path | None
+    noise_path: Path | None  # a noise profile (greenllm calibrate) the gate judges with
+    slo_confidence: float  # of each SLO verdict: 0.95 is 95%
     engine_args: tuple[tuple[str, Any], ...]  # passed to vllm.LLM as they are
 
     @classmethod
@@ -505,7 +518,8 @@ class Settings:
         # An endpoint's model is the name it serves, which need not exist here: what it is
         # comes from the endpoint when the sweep connects (endpoint.attach_endpoint).
         model = parse_model(raw["model"]) if endpoint is None else unresolved_model(endpoint_model or "")
-        repeats, auto_repeats = parse_repeats(raw["repeats"])
+        baseline_path = parse_existing_path(raw["baseline"])
+        repeats, auto_repeats = parse_repeats(raw["repeats"], baseline_path is not None)
         return cls(
             enabled=enabled,
             freqs=parse_freqs(raw["freqs"]),
@@ -521,7 +535,7 @@ class Settings:
             shard=parse_shard_option(raw["shard"]),
             repeats=repeats,
             auto_repeats=auto_repeats,
-            max_repeats=parse_max_repeats(raw["max-repeats"], auto_repeats),
+            max_repeats=parse_max_repeats(raw["max-repeats"], auto_repeats, repeats),
             inconclusive=parse_inconclusive(raw["inconclusive"]),
             requests=parse_requests(raw["requests"]),
             seed=parse_seed(raw["seed"]),
@@ -539,11 +553,18 @@ class Settings:
             trace_time_scale=parse_time_scale(raw["trace-time-scale"]),
             slos=parse_slos(raw["slo"], workloads),
             slos_given=bool(raw["slo"].text.strip()),
-            baseline_path=parse_existing_path(raw["baseline"]),
+            baseline_path=baseline_path,
+            noise_path=parse_existing_path(raw["noise"]),
+            slo_confidence=parse_confidence(raw["slo-confidence"]),
             energy_tolerance=parse_tolerance(raw["energy-tolerance"]),
             resume_path=parse_existing_path(raw["resume"]),
             engine_args=parse_engine_args(raw["engine-arg"]),
         )
+
+    @property
+    def looks(self) -> tuple[int, ...]:
+        """The repeat counts a sequential run may judge at; () for a fixed count."""
+        return tuple(range(self.repeats, self.max_repeats + 1)) if self.auto_repeats else ()
 
     @property
     def planned_repeats(self) -> int:

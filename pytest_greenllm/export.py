@@ -57,6 +57,8 @@ CSV_COLUMNS = (
     "energy_above_idle_j",
     "edp_js",
     "slo_met",
+    # met, violated or inconclusive, at the report's SLO confidence (docs/slo.md)
+    "slo",
     "energy_regressed",
     "device",
 )
@@ -144,6 +146,7 @@ def csv_text(report: Report) -> str:
                 len(record.repeats),
                 *(metric.of(record.summary) for metric in SUMMARY_METRICS),
                 None if record.verdicts is None else record.slo_met,
+                record.slo,
                 None if record.verdicts is None else record.regressed,
                 report.device,
             )

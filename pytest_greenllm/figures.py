@@ -10,7 +10,8 @@ Each family draws what the sweep's axes allow and says why it drew nothing other
   line between meeting and missing cells.
 - ``pareto``: J/output-token against TBT p99, every point, each workload's Pareto frontier
   (``recommend.pareto_frontier``) over its points that meet their SLOs.
-- ``phases``: the prefill/decode energy split of each point that has one.
+- ``phases``: the prefill/decode split of each point that has one: J per prefill token, J per
+  decode token and prefill's share, ± their standard errors, or why they are not identified.
 - ``power-limit-<workload>``: the RQ1 panels against the GPU power limit.
 
 matplotlib is the ``plot`` extra: this module imports it only inside :func:`build_figures`,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -549,79 +551,112 @@ def pareto(report: Report) -> Drawn:
 
 # --- the prefill/decode split --------------------------------------------------------------
 
+# Each panel: its title, the PhaseSplit field and that field's standard error, the axis label.
+PHASE_PANELS = (
+    ("J per prefill token", "j_per_prefill_token", "j_per_prefill_token_se", "energy (J/token)"),
+    ("J per decode token", "j_per_decode_token", "j_per_decode_token_se", "energy (J/token)"),
+    ("prefill's share of token energy", "prefill_share", "prefill_share_se", "share"),
+)
+REASON_WIDTH = 150  # characters of a 'not identified' line before it wraps
 
-def _phase_j_per_request(point: PointRecord) -> tuple[float, float, float] | None:
-    """Mean over repeats of the prefill, decode and idle energy per request, from the
-    repeats that have a split. Units: J."""
-    shares = [
-        (r.energy.phases, r.metrics.requests)
-        for r in point.repeats
-        if r.energy is not None and r.energy.phases is not None and r.metrics.requests
-    ]
-    if not shares:
+
+@dataclass(frozen=True)
+class _PhaseRow:
+    """One point of the phases figure: each panel's mean over the repeats that measured the
+    split, with its standard error, or why none did."""
+
+    label: str
+    values: tuple[tuple[float, float], ...]  # (mean, standard error) per panel; () if none
+    measured: int  # repeats that measured the split
+    split: int  # repeats that have one
+    reason: str | None  # why no repeat measured it; None where some did
+
+
+def _phase_row(point: PointRecord) -> _PhaseRow | None:
+    """The split of ``point`` over its repeats; None where no repeat has one. The standard
+    error of a mean over repeats is sqrt(sum of SE²) / repeats: the error within runs."""
+    splits = [r.energy.phases for r in point.repeats if r.energy is not None and r.energy.phases is not None]
+    if not splits:
         return None
-    n = len(shares)
-    return (
-        sum(ph.prefill_j / q for ph, q in shares) / n,
-        sum(ph.decode_j / q for ph, q in shares) / n,
-        sum(ph.idle_j / q for ph, q in shares) / n,
-    )
+    measured = [s for s in splits if s.measured]
+    if not measured:
+        first = splits[0]
+        reason = first.reason or (
+            f"an earlier version's split (method {first.method!r}), which shared energy among "
+            "kinds of step by rule; measure again for a fitted one"
+        )
+        return _PhaseRow(point.id, (), 0, len(splits), reason)
+    values = []
+    for _, key, se_key, _ in PHASE_PANELS:
+        pairs = [(getattr(s, key), getattr(s, se_key)) for s in measured]
+        n = len(pairs)
+        values.append((sum(v for v, _ in pairs) / n, math.sqrt(sum(e * e for _, e in pairs)) / n))
+    return _PhaseRow(point.id, tuple(values), len(measured), len(splits), None)
 
 
 def phases(report: Report) -> Drawn:
-    """The prefill/decode energy split of each point that has one: energy per request by
-    phase, and J per prefill token against J per decode token."""
+    """The prefill/decode split of each point that has one: J per prefill token, J per
+    decode token and prefill's share of their energy, each ± 2 standard errors; a point
+    whose split is not identified shows why instead of a value."""
     what = "Prefill/decode energy split"
-    split = [(p, j) for p in report.points if (j := _phase_j_per_request(p)) is not None]
-    if not split:
+    rows = [row for p in report.points if (row := _phase_row(p)) is not None]
+    if not rows:
         return Omission(
             "phases",
-            f"{what} left out: no point has one (the driver reported no engine steps, a "
-            "source has no energy counter, or the counter updated too rarely)",
+            f"{what} left out: no point has one (the driver reported no engine steps, or a "
+            "source has no energy counter)",
         )
-    height = 1.9 + 0.32 * len(split)
+    lines = [len(textwrap.wrap(row.reason, REASON_WIDTH)) if row.reason else 1 for row in rows]
+    height = 2.2 + 0.3 * sum(lines)
     figure = _new_figure(report, 12.0, height, what)
-    left, right = figure.subplots(1, 2, sharey=True)
-    rows = list(range(len(split)))
-    labels = [p.id for p, _ in split]
-    start = [0.0] * len(split)
-    for index, (name, hatch) in enumerate((("prefill", "///"), ("decode", ""), ("idle", ".."))):
-        widths = [j[index] for _, j in split]
-        left.barh(rows, widths, left=start, color=PALETTE[index], hatch=hatch, edgecolor="white", label=name)
-        start = [s + w for s, w in zip(start, widths)]
-    left.set_yticks(rows, labels, fontsize=8)
-    left.invert_yaxis()
-    left.set_xlabel("energy per request (J)")
-    left.set_title("energy per request, by phase", fontsize=10)
-    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, frameon=False)
-    per_token = (("prefill token", "j_per_prefill_token", "///"), ("decode token", "j_per_decode_token", ""))
-    for index, (name, key, hatch) in enumerate(per_token):
-        values = [getattr(p.summary, key) for p, _ in split]
-        offsets = [r + (index - 0.5) * 0.4 for r in rows]
-        known = [(o, v) for o, v in zip(offsets, values) if v is not None and v > 0]
-        right.barh(
-            [o for o, _ in known],
-            [v for _, v in known],
-            height=0.4,
-            color=PALETTE[index],
-            hatch=hatch,
-            edgecolor="white",
-            label=f"J per {name}",
-        )
-    right.set_xscale("log")
-    right.set_xlabel("energy per token (J, log scale)")
-    right.set_title("energy per prefill and per decode token", fontsize=10)
-    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
-    for axes in (left, right):
+    panels = figure.subplots(1, len(PHASE_PANELS), sharey=True)
+    # Rows as tall as their text, so that a wrapped reason does not run into the next.
+    centres = [sum(lines[:i]) + lines[i] / 2 for i in range(len(rows))]
+    labels = [
+        row.label
+        if row.measured in (0, row.split)
+        else f"{row.label}\n({row.measured} of {row.split} repeats)"
+        for row in rows
+    ]
+    panels[0].set_yticks(centres, labels, fontsize=8)
+    panels[0].set_ylim(sum(lines), 0)
+    for index, (axes, (title, _, _, unit)) in enumerate(zip(panels, PHASE_PANELS)):
+        known = [(y, row) for y, row in zip(centres, rows) if row.values]
+        means = [row.values[index][0] for _, row in known]
+        errors = [2 * row.values[index][1] for _, row in known]
+        axes.barh([y for y, _ in known], means, height=0.6, color=PALETTE[index], xerr=errors, capsize=3)
+        for (y, _), mean, error in zip(known, means, errors):
+            axes.text(mean + error, y, f" {mean:.3g} ± {error / 2:.2g}", va="center", fontsize=7)
+        axes.set_xlim(0, max((m + e for m, e in zip(means, errors)), default=1.0) * 1.6)
+        axes.locator_params(axis="x", nbins=5)
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel(unit)
         axes.grid(True, axis="x", alpha=0.3)
+    for y, row in zip(centres, rows):
+        if row.reason is not None:
+            # A figure's text, over all three panels (their rows are empty there), and out
+            # of the layout, so that the panels keep their width whatever its length.
+            text = figure.text(
+                0.01,
+                y,
+                textwrap.fill(f"not identified: {row.reason}", REASON_WIDTH),
+                transform=panels[0].get_yaxis_transform(),
+                va="center",
+                fontsize=7.5,
+                color="#6b4e00",
+                bbox={"boxstyle": "square,pad=0.3", "facecolor": "#fff6dc", "edgecolor": "none"},
+            )
+            text.set_in_layout(False)
     return [
         NamedFigure(
             "phases",
             "phases",
             what,
-            "Left: each point's energy per request spent in prefill, decode and idle steps (a "
-            "mixed step's energy goes to prefill and decode by its tokens). Right: energy per "
-            "prefill token and per decode token.",
+            "Energy per prefill token, per decode token, and prefill's share of their energy, fitted "
+            "over the energy counter's intervals (energy = a × prefill tokens + b × decode tokens "
+            "+ c × seconds; docs/phases.md). Bars: the mean over the repeats that measured the split, "
+            "labelled mean ± 1 standard error; whiskers: ± 2 standard errors (about 95%; the error "
+            "within runs). A point whose split is not identified says why instead of showing a value.",
             figure,
         )
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,7 +17,7 @@ from pytest_greenllm.driver import EngineFailed
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.meter import EnergyMeter
 from pytest_greenllm.options import POINT_FIXTURE, PYTEST_PREFIX
-from pytest_greenllm.record import PointResult
+from pytest_greenllm.record import PointRecord, PointResult
 from pytest_greenllm.runner import PointRun, measure, plain_rounds, result_properties
 from pytest_greenllm.session import (
     SKIP_REASON,
@@ -27,6 +28,7 @@ from pytest_greenllm.session import (
     verdict_failures_key,
 )
 from pytest_greenllm.sweep import PointSkipped, Sweep
+from pytest_greenllm.warning_types import DroppedRepeatWarning, InconclusiveWarning, category
 
 T = TypeVar("T")
 
@@ -67,6 +69,38 @@ def greenllm_session(pytestconfig: pytest.Config) -> GreenLLMSession:
     return session
 
 
+def _warn(record: PointRecord, inconclusive: str) -> None:
+    """Each measurement warning of the point's repeats, each repeat the gate left out, and
+    (with ``inconclusive`` 'warn') each unsettled verdict, as a warning of its category
+    (warning_types.py), so that ``-W error::pytest_greenllm.ShortWindowWarning`` and the
+    like can fail a run on it."""
+    seen: set[tuple[str, str]] = set()
+    for repeat in record.repeats:
+        if repeat.energy is None:
+            continue
+        kinds = repeat.energy.warning_kinds
+        for index, text in enumerate(repeat.energy.warnings):
+            kind = kinds[index] if index < len(kinds) else "other"
+            if (kind, text) not in seen:
+                seen.add((kind, text))
+                warnings.warn(category(kind)(f"{record.id}: {text}"), stacklevel=2)
+    if record.verdicts is None:
+        return
+    for regression in record.verdicts.regressions:
+        if any(regression.dropped):
+            base, head = regression.dropped
+            warnings.warn(
+                DroppedRepeatWarning(
+                    f"{record.id}: {regression.metric}: {base} baseline and {head} repeats measured no "
+                    "energy (0 J: a window shorter than the counter's updates) and were left out"
+                ),
+                stacklevel=2,
+            )
+    if inconclusive == "warn":
+        for line in record.verdicts.unsure(record.id):
+            warnings.warn(InconclusiveWarning(line), stacklevel=2)
+
+
 def _skip(e: PointSkipped) -> NoReturn:
     pytest.skip(e.render(PYTEST_PREFIX))
 
@@ -82,7 +116,8 @@ def gpu_devices(greenllm_session: GreenLLMSession) -> Sequence[Gpu]:
 
 @pytest.fixture(scope="session")
 def energy_meter(greenllm_session: GreenLLMSession) -> EnergyMeter:
-    """The session's energy meter (idle power measured once); skips where there is none."""
+    """The session's energy meter; skips where there is none. Idle power as found is measured
+    once, and each clock or power-limit state's when the meter is next asked for in it."""
     try:
         return greenllm_session.sweep.meter()
     except PointSkipped as e:
@@ -189,8 +224,6 @@ def greenllm_result(
     """
     __tracebackhide__ = True
     sweep, driver = greenllm_session.sweep, greenllm_session.driver
-    meter = sweep.meter_or_none()
-    sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
     failure: str | None = None
     try:
         spec = sweep.engine_spec(greenllm_point)
@@ -199,7 +232,14 @@ def greenllm_result(
         _, build_s = greenllm_session.engine_for(spec)
         if build_s is not None:
             request.node.stash[build_time_key] = build_s
-        run = PointRun(sweep.settings, driver, meter, sources, spec, greenllm_point, locked_clocks, note)
+        # After the build: the idle of a new clock or power-limit state is measured here,
+        # with the engine's CUDA context alive, as the point will run.
+        meter = sweep.meter_or_none()
+        sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
+        passes = sweep.results.passes_for(greenllm_point)
+        run = PointRun(
+            sweep.settings, driver, meter, sources, spec, greenllm_point, locked_clocks, passes, note
+        )
         bench = benchmark_rounds(request)
         result = measure(run, sweep.settings, sweep.results.settled, bench or plain_rounds)
     except EngineFailed as e:
@@ -219,6 +259,7 @@ def greenllm_result(
         bench.fixture.extra_info.update(dict(properties))
     elif "benchmark" in request.fixturenames:
         request.getfixturevalue("benchmark").extra_info.update(dict(properties))
+    _warn(record, sweep.settings.inconclusive)
     # Judged when the test body has run, so that a verdict fails the test, not its setup.
     if record.verdicts is not None:
         request.node.stash[verdict_failures_key] = record.verdicts.failures(

@@ -33,11 +33,6 @@ class History:
     used: list[Path]
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
-    @property
-    def pooled(self) -> bool:
-        """Several reports: their spread is the noise the gate judges with (gate.py)."""
-        return len(self.used) > 1
-
     def lines(self) -> list[str]:
         """What was used and refused, to print above a comparison."""
         out = [f"baseline: {', '.join(str(p) for p in self.used)}"]
@@ -47,16 +42,21 @@ class History:
 
 def _pool(reports: list[Report]) -> Report:
     """The newest report, each of its points holding every report's repeats of the gated
-    metrics (and their means); points only older reports have are added."""
-    pooled: dict[str, tuple[PointRecord, dict[str, list[float | None]]]] = {}
+    metrics (and their means), grouped by report in ``summary.runs``; points only older
+    reports have are added."""
+    pooled: dict[str, tuple[PointRecord, dict[str, list[float | None]], list[int]]] = {}
     for report in reports:
         for point in report.points:
-            _, repeats = pooled.setdefault(point.id, (point, {}))
+            _, repeats, runs = pooled.setdefault(point.id, (point, {}, []))
+            sizes = {len(metric.repeats(point.summary)) for metric in GATED_METRICS}
+            if len(sizes) != 1:
+                raise HistoryError(f"point {point.id}: its gated metrics have different repeat counts")
+            runs.append(sizes.pop())
             for metric in GATED_METRICS:
                 repeats.setdefault(metric.key, []).extend(metric.repeats(point.summary))
     points = []
-    for point, repeats in pooled.values():
-        changes: dict[str, Any] = {}
+    for point, repeats, runs in pooled.values():
+        changes: dict[str, Any] = {"runs": tuple(runs)}
         for metric in GATED_METRICS:
             values = repeats[metric.key]
             known = [v for v in values if v is not None]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pytest_greenllm.slo_verdicts import keep_tail
+
 PERCENTILES = (50, 90, 99)
 
 
@@ -82,6 +84,10 @@ class RunMetrics:
     request_e2el_ms: tuple[float, ...] = ()
     failed: int = 0  # requests that did not complete; the figures above leave them out
     errors: tuple[str, ...] = ()  # the distinct reasons, the first few
+    # The largest token gaps (largest first) and how many gaps there were: the TBT SLO's
+    # verdict pools them over repeats (slo_verdicts.py); every gap would be too many to keep.
+    itl_tail_ms: tuple[float, ...] = ()
+    itl_count: int = 0
 
 
 def steady_state(records: Sequence[RequestRecord], batch: int, start_s: float) -> SteadyState | None:
@@ -150,6 +156,8 @@ def run_metrics(records: Sequence[RequestRecord], batch: int) -> RunMetrics:
         request_e2el_ms=tuple(e2el),
         failed=len(failed),
         errors=errors,
+        itl_tail_ms=keep_tail(itl),
+        itl_count=len(itl),
     )
 
 

@@ -118,23 +118,27 @@ OPTIONS: tuple[KnobOption, ...] = (
         "repeats",
         "N",
         "1",
-        "Runs of every knob point; 'auto' runs 2, then one more at a time until the energy "
-        "verdict against the baseline is settled (regressed or ok), at most "
-        "--greenllm-max-repeats (docs/gate.md).",
+        "Runs of every knob point; 'auto' (the default with --greenllm-baseline) runs 2, then "
+        "one more at a time until the energy verdict against the baseline is settled "
+        "(regressed or ok), at most --greenllm-max-repeats; without a baseline 'auto' runs 5, "
+        "enough for the report to serve as one (docs/gate.md).",
     ),
     KnobOption("max-repeats", "N", "10", "The most runs --greenllm-repeats=auto spends on a point."),
     KnobOption(
         "inconclusive",
         "WHAT",
         "warn",
-        "What an energy verdict that the repeats could not settle does: 'fail' fails the "
-        "point, 'warn' lists it in the summary, 'pass' only records it in the report.",
+        "What a verdict the measurements could not settle (an energy change, an SLO) does: "
+        "'fail' fails the point, 'warn' lists it in the summary and issues an "
+        "InconclusiveWarning, 'pass' only records it in the report.",
     ),
     KnobOption(
         "requests",
         "N",
         "auto",
-        "Requests per knob point; 'auto' is twice the batch size, at least 8.",
+        "Requests per knob point and repeat; 'auto' is twice the batch size, at least 8, or, "
+        "where a p99 SLO is checked, enough (pooled over the repeats) to certify it at "
+        "--greenllm-slo-confidence: 299 at 95% (docs/slo.md).",
     ),
     KnobOption(
         "rates",
@@ -205,6 +209,21 @@ OPTIONS: tuple[KnobOption, ...] = (
         "A previous JSON report, or a folder of them (the most recent matching ones are "
         "pooled): every point in both fails if its J/output-token or average power rose by "
         "more than the tolerance, credibly over the repeats (docs/gate.md).",
+    ),
+    KnobOption(
+        "slo-confidence",
+        "PCT",
+        "95%",
+        "Confidence of each SLO verdict: a point is judged met, violated or inconclusive "
+        "over every request of its repeats, each wrong at most 1 - PCT of the time "
+        "(docs/slo.md).",
+    ),
+    KnobOption(
+        "noise",
+        "PROFILE",
+        "",
+        "A noise profile from greenllm calibrate: the box's run-to-run spread, which the "
+        "energy gate adds to the repeats' own (docs/gate.md).",
     ),
     KnobOption(
         "energy-tolerance",

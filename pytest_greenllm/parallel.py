@@ -3,8 +3,10 @@
 Whole engine configurations go to a worker (a ``LoadScopeScheduling`` whose scope is the
 point's engine configuration), so an engine is built once, as in a serial run. Each worker leases the GPUs
 of its engine before building it (``devices/leases.py``) and changes and measures only
-those. Idle power is measured once, by the controller, before any worker starts, and handed
-to every worker: a worker measuring it itself would see its neighbours' load.
+those. Idle power as found is measured once, by the controller, before any worker starts,
+and handed to every worker: a worker measuring it itself would see its neighbours' load. The
+idle of a clock or power limit a worker sets is measured by that worker, at rest, on its own
+leased GPUs.
 
 Only the controller writes the journal and the report. A worker attaches each finished
 point's record to its test report, which xdist sends to the controller as soon as the test

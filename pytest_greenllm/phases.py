@@ -7,25 +7,47 @@ smears a short sub-window in time. So the run loop reads the counters after ever
 reads at their edges: the steady state (:func:`counter_energy_j`) and the prefill/decode
 split (:func:`split_phases`).
 
-How the split works, and the rule for steps that mix both kinds of work:
+The prefill/decode split is a regression over the counter's intervals (docs/phases.md):
 
-- Every step is one of four kinds by the tokens it scheduled: prefill (prompt tokens only),
-  decode (output tokens only), mixed (both: chunked prefill sharing a step with decodes)
-  and idle (none: the engine waited for an arrival). A step spans the time from the end of
-  the one before to its own end.
 - The counter's updates cut the run into intervals of exactly known energy. Each update
   is placed on the counter's update grid, fitted to the reads (NVML updates its counter
   periodically: every read that saw a change, and every one that did not, pins the grid
-  down); where no periodic grid fits the reads, midway between the two reads it fell
-  between (or within one period before the later one).
-- Each kind's average power is fitted to those intervals by least squares (the energy of
-  an interval is the sum over kinds of power x time spent in that kind): ``method='fit'``.
-  Where the fit is not determined (too few intervals, a kind that never appears apart
-  from another, a negative power) every interval's energy is shared among its kinds in
-  proportion to time instead: ``method='shared'``.
-- Kind energies (power x time) are scaled so that they add up to the counter's energy over
-  the run. A mixed step's energy goes to prefill and decode in proportion to the tokens it
-  scheduled of each; ``mixed_j`` says how much energy this rule placed.
+  down; of the grids that explain the reads equally well, the middle one); where no
+  periodic grid fits the reads, midway between the two reads it fell between (or within
+  one period before the later one).
+- A step spans the time from the end of the one before to its own end. Its prefill and
+  decode tokens go to the intervals it overlaps, in proportion to the time it spends in
+  each (:func:`interval_tokens`).
+- Over the intervals, ``E = a * prefill tokens + b * decode tokens + c * seconds`` is fitted
+  by least squares, each interval weighted by 1/seconds (:func:`fit_intervals`): ``a`` is
+  the energy per prefill token and ``b`` per decode token (J/token), ``c`` the static power
+  (W), which is all an idle wait draws. A step that mixes both kinds of work (chunked
+  prefill) needs no rule: it is a row with both kinds of tokens, and the fit tells ``a``
+  from ``b`` wherever the prefill:decode mix varies between intervals.
+
+**Assumption.** Within the counter's resolution, energy is linear in the tokens scheduled
+and the time taken (``a``, ``b`` and ``c`` hold over the run, and a step's power is even
+over the step), and the intervals' errors are independent, with a variance proportional to
+an interval's length: the sum of many steps' own deviations. That variance is what the
+1/seconds weights undo; where the intervals are of one length the fit is ordinary least
+squares.
+
+**The error stated.** Standard errors from the residual variance, ``s² (XᵀWX)⁻¹``, with
+``s²`` the weighted residual sum of squares over ``n - 3`` degrees of freedom; the condition
+number of the weighted design with its columns scaled to unit length; ``n`` and the degrees
+of freedom. Where the assumption holds, ``estimate ± 2 SE`` covers the truth about 95% of
+the time (``tests/test_phases.py`` checks it on simulated runs). Errors that persist over
+several intervals (a slow drift, a long wait whose power strays) break the assumption, and
+the standard errors understate them.
+
+**Not identified.** The per-token figures are None, and ``reason`` says why, where the run
+scheduled no tokens of a kind, where there are fewer than :data:`MIN_INTERVALS` intervals,
+where the design's condition number is above :data:`MAX_CONDITION_NUMBER` (infinite where
+the prefill:decode mix is the same in every interval: no data can tell ``a`` from ``b``
+then), where ``a``, ``b`` or ``c`` is negative beyond twice its standard error (energy is
+not linear in tokens over the run), or where ``a`` or ``b`` has a standard error above
+:data:`MAX_RELATIVE_SE` of itself (too uncertain to state, or not told apart from zero). No
+rule (sharing by tokens or by time) stands in for a fit that cannot be made.
 """
 
 from __future__ import annotations
@@ -34,19 +56,32 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.devices.errors import DeviceError
 from pytest_greenllm.driver import Step
 
+Array = npt.NDArray[np.float64]
+
 KINDS = ("prefill", "decode", "mixed", "idle")
-FIT = "fit"
-SHARED = "shared"
-# The fit needs this many intervals per fitted power before it is trusted.
-INTERVALS_PER_UNKNOWN = 2
+REGRESSION = "regression"  # the per-token figures are fitted, with their errors
+UNIDENTIFIED = "unidentified"  # they are None; ``reason`` says why
+UNKNOWNS = 3  # a, b and c
+# Fewer degrees of freedom than 7 leave the residual variance, and with it every stated
+# error, too uncertain to state: ± 2 SE would cover well under 95% (Student's t).
+MIN_INTERVALS = 10
+# Past this, a small misfit of the linear model moves a and b by more than their standard
+# errors say (they only cover noise): the split is no measurement.
+MAX_CONDITION_NUMBER = 1000.0
+# Above this, estimate ± 2 SE spans more than 10% of the estimate either way: a figure the
+# report would state more precisely than it was measured. Shorter runs then say why.
+MAX_RELATIVE_SE = 0.05
+# Negative by more than this many standard errors: not noise, a model that does not fit.
+NEGATIVE_SE = 2.0
 
 
 def kind_of(step: Step) -> str:
@@ -110,53 +145,6 @@ def counter_energy_j(reads: Sequence[tuple[float, float]], start_s: float, end_s
     return joules if joules > 0 else None
 
 
-@dataclass(frozen=True)
-class PhaseSplit:
-    """Where a run's energy went: prefill, decode and idle waiting. Units: J, s, W."""
-
-    method: str  # 'fit' or 'shared' (module docstring)
-    tokens_from: str  # 'scheduler' (vLLM's step details) or 'outputs' (counted by the driver)
-    prefill_j: float
-    decode_j: float
-    idle_j: float
-    mixed_j: float  # energy of mixed steps, included in prefill_j and decode_j by tokens
-    prefill_tokens: int
-    decode_tokens: int
-    prefill_s: float  # time in prefill-only steps
-    decode_s: float  # time in decode-only steps
-    mixed_s: float
-    idle_s: float
-    prefill_power_w: float | None  # average power in prefill-only steps; None without any
-    decode_power_w: float | None
-    mixed_power_w: float | None
-    steps: int
-    counter_updates: int  # counter changes seen: the resolution the split rests on
-    j_per_prefill_token: float | None  # Units: J/token.
-    j_per_decode_token: float | None  # Units: J/token.
-    prefill_share: float | None  # prefill's share of prefill + decode energy (idle left out)
-
-
-def _segments(steps: Sequence[Step], start_s: float) -> list[tuple[float, float, str]]:
-    """(from, to, kind) of every step: from the end of the one before to its own end."""
-    out = []
-    previous = start_s
-    for step in steps:
-        if step.end_s > previous:
-            out.append((previous, step.end_s, kind_of(step)))
-            previous = step.end_s
-    return out
-
-
-def _time_in(segments: Sequence[tuple[float, float, str]], lo: float, hi: float) -> np.ndarray:
-    """Seconds of each kind (in KINDS order) inside [lo, hi]."""
-    times = np.zeros(len(KINDS))
-    for a, b, kind in segments:
-        overlap = min(b, hi) - max(a, lo)
-        if overlap > 0:
-            times[KINDS.index(kind)] += overlap
-    return times
-
-
 def update_period_s(reads: Sequence[tuple[float, float]]) -> float | None:
     """The counter's update period, estimated from which reads saw it move.
 
@@ -165,17 +153,17 @@ def update_period_s(reads: Sequence[tuple[float, float]]) -> float | None:
     see one equals the number that did. Where every read saw one, the period is at most
     the shortest gap, which is the estimate. None without a change.
     """
-    gaps = [t1 - t0 for (t0, e0), (t1, e1) in zip(reads, reads[1:]) if t1 > t0]
+    gaps = np.array([t1 - t0 for (t0, e0), (t1, e1) in zip(reads, reads[1:]) if t1 > t0])
     changed = sum(1 for (t0, e0), (t1, e1) in zip(reads, reads[1:]) if t1 > t0 and e1 != e0)
     if not changed:
         return None
     if changed == len(gaps):
-        return min(gaps)
+        return float(gaps.min())
 
     def excess(period_s: float) -> float:
-        return sum(min(1.0, g / period_s) for g in gaps) - changed
+        return float(np.minimum(1.0, gaps / period_s).sum()) - changed
 
-    low, high = min(gaps), sum(gaps)
+    low, high = float(gaps.min()), float(gaps.sum())
     for _ in range(60):  # bisection: excess falls as the period grows
         middle = (low + high) / 2
         low, high = (middle, high) if excess(middle) > 0 else (low, middle)
@@ -234,8 +222,15 @@ def update_grid(
     fractions = np.linspace(0.0, 1.0, 50, endpoint=False)
     for _ in range(3):  # each round narrows the periods around the best
         score = fit(fractions, periods)
-        i, j = np.unravel_index(np.argmax(score), score.shape)
-        best_period, best_phase = float(periods[i]), float(fractions[j] * periods[i])
+        # Many grids explain the reads equally well; the first of them is at the edge of
+        # what the reads allow (the shortest period), and its updates drift from the true
+        # ones over a run, by several ms. The middle of them does not.
+        best = np.flatnonzero(score.max(axis=1) == score.max())
+        i = best[len(best) // 2]
+        angles = 2 * np.pi * fractions[score[i] == score.max()]
+        fraction = math.atan2(np.sin(angles).mean(), np.cos(angles).mean()) / (2 * np.pi) % 1
+        best_period = float(periods[i])
+        best_phase = fraction * best_period
         step = periods[1] - periods[0]
         periods = best_period + np.linspace(-step, step, 41)
     if score.max() < GRID_FIT:
@@ -243,18 +238,166 @@ def update_grid(
     return best_phase, best_period
 
 
-def _fit(interval_times: np.ndarray, energies_j: np.ndarray, present: np.ndarray) -> np.ndarray | None:
-    """Per-kind power (W) by least squares over the intervals; None where not determined."""
-    columns = interval_times[:, present]
-    unknowns = int(present.sum())
-    if len(energies_j) < INTERVALS_PER_UNKNOWN * unknowns or np.linalg.matrix_rank(columns) < unknowns:
-        return None
-    solution, *_ = np.linalg.lstsq(columns, energies_j, rcond=None)
-    if np.any(solution < 0):
-        return None
-    powers = np.zeros(len(KINDS))
-    powers[present] = solution
-    return powers
+@dataclass(frozen=True)
+class PhaseSplit:
+    """Where a run's energy went: energy per prefill and per decode token, fitted over the
+    counter's intervals with their standard errors, or why they cannot be (module
+    docstring). Units: J/token, W, s."""
+
+    method: str  # REGRESSION or UNIDENTIFIED; 'fit' or 'shared' in reports of earlier versions
+    tokens_from: str  # 'scheduler' (vLLM's step details) or 'outputs' (counted by the driver)
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_s: float  # time in prefill-only steps
+    decode_s: float  # time in decode-only steps
+    mixed_s: float  # time in steps that scheduled both
+    idle_s: float  # time in steps that scheduled none
+    steps: int
+    counter_updates: int  # counter changes seen: the resolution the split rests on
+    j_per_prefill_token: float | None  # a; None: not identified. Units: J/token.
+    j_per_decode_token: float | None  # b; None: not identified. Units: J/token.
+    # a x prefill tokens / (a x prefill tokens + b x decode tokens): static power left out.
+    prefill_share: float | None
+    # Added with the regression; reports of earlier versions read them as unknown.
+    j_per_prefill_token_se: float | None = None  # standard error. Units: J/token.
+    j_per_decode_token_se: float | None = None  # Units: J/token.
+    prefill_share_se: float | None = None  # by the delta method, from a's and b's covariance
+    static_power_w: float | None = None  # c, the power drawn whatever the tokens. Units: W.
+    static_power_w_se: float | None = None  # Units: W.
+    # Of the weighted design with unit-length columns; None where not fitted or singular.
+    condition_number: float | None = None
+    intervals: int = 0  # counter intervals fitted over
+    degrees_of_freedom: int = 0  # intervals less the 3 unknowns
+    reason: str | None = None  # why the per-token figures are None; None where measured
+
+    @property
+    def measured(self) -> bool:
+        """Whether the per-token figures are this version's fit (earlier versions' 'fit'
+        and 'shared' shared energy among kinds of step by rule)."""
+        return self.method == REGRESSION and self.j_per_prefill_token is not None
+
+
+@dataclass(frozen=True)
+class TokenFit:
+    """``E = a * prefill tokens + b * decode tokens + c * seconds`` over counter intervals."""
+
+    coefficients: Array | None  # (a J/token, b J/token, c W); None where not fitted
+    covariance: Array | None  # 3 x 3, of the coefficients
+    condition_number: float  # inf where the design is singular, nan where not computed
+    intervals: int
+    degrees_of_freedom: int
+    reason: str | None  # why a and b are no measurement; None where they are
+
+
+def _unfitted(intervals: int, reason: str, condition_number: float = math.nan) -> TokenFit:
+    return TokenFit(None, None, condition_number, intervals, max(intervals - UNKNOWNS, 0), reason)
+
+
+def _collinear(design: Array) -> str:
+    """What makes a weighted, unit-column design ill-conditioned, in words."""
+    if np.linalg.cond(design[:, :2]) > MAX_CONDITION_NUMBER:
+        return "prefill and decode tokens come in (nearly) the same proportion in every counter interval"
+    return "the tokens and the seconds of the counter intervals rise and fall together"
+
+
+def _doubt(coefficients: Array, errors: Array) -> str | None:
+    """Why fitted (a, b, c) are no measurement: one negative beyond its noise, or a or b
+    too uncertain; None where they are one."""
+    names = ("J per prefill token", "J per decode token", "the static power")
+    for name, value, error in zip(names, coefficients, errors):
+        if value < -NEGATIVE_SE * error:
+            return (
+                f"{name} comes out negative beyond its noise ({value:.3g} ± {error:.2g}): "
+                "energy is not linear in tokens and time over this run"
+            )
+    for name, value, error in zip(names[:2], coefficients, errors):
+        if value <= 0 or error > MAX_RELATIVE_SE * value:
+            return (
+                f"{name} is too uncertain to state ({value:.3g} ± {error:.2g}: the standard "
+                f"error is above {MAX_RELATIVE_SE:.0%} of the estimate)"
+            )
+    return None
+
+
+def fit_intervals(prefill: Array, decode: Array, seconds_s: Array, energy_j: Array) -> TokenFit:
+    """The weighted least-squares fit of the intervals' energy to their tokens and seconds,
+    with its errors, or why a and b cannot be told (module docstring)."""
+    n = len(energy_j)
+    if n < MIN_INTERVALS:
+        return _unfitted(
+            n,
+            f"only {n} counter intervals: the fit of {UNKNOWNS} unknowns and its error needs {MIN_INTERVALS}",
+        )
+    for tokens, kind in ((prefill, "prefill"), (decode, "decode")):
+        if not np.any(tokens > 0):
+            return _unfitted(
+                n, f"no {kind} tokens in the counter intervals: nothing to fit J per {kind} token to"
+            )
+    root_weight = 1 / np.sqrt(seconds_s)
+    weighted = np.column_stack([prefill, decode, seconds_s]) * root_weight[:, None]
+    norms = np.linalg.norm(weighted, axis=0)
+    design = weighted / norms
+    u, singular, vt = np.linalg.svd(design, full_matrices=False)
+    # numpy's matrix_rank tolerance: a singular value below it is rounding, not data.
+    singular_floor = singular[0] * n * np.finfo(float).eps
+    condition = float(singular[0] / singular[-1]) if singular[-1] > singular_floor else math.inf
+    if condition > MAX_CONDITION_NUMBER:
+        return _unfitted(
+            n,
+            f"{_collinear(design)}: they cannot tell J per prefill token from J per decode token "
+            f"(condition number {'infinite' if math.isinf(condition) else f'{condition:.3g}'}, "
+            f"above {MAX_CONDITION_NUMBER:g})",
+            condition,
+        )
+    target = energy_j * root_weight
+    coefficients = vt.T @ ((u.T @ target) / singular) / norms
+    residual = target - weighted @ coefficients
+    dof = n - UNKNOWNS
+    variance = float(residual @ residual) / dof
+    covariance = (vt.T / singular**2) @ vt * variance / np.outer(norms, norms)
+    reason = _doubt(coefficients, np.sqrt(np.diag(covariance)))
+    return TokenFit(coefficients, covariance, condition, n, dof, reason)
+
+
+def interval_tokens(steps: Sequence[Step], start_s: float, edges_s: Sequence[float]) -> tuple[Array, Array]:
+    """Prefill and decode tokens in each interval between consecutive ``edges_s``: a step's
+    tokens spread evenly over the time from the end of the step before (``start_s`` for the
+    first) to its own end."""
+    knots = [start_s]
+    prefill = [0.0]
+    decode = [0.0]
+    for step in steps:
+        if step.end_s > knots[-1]:
+            knots.append(step.end_s)
+            prefill.append(prefill[-1])
+            decode.append(decode[-1])
+        # A step that returned no later than the one before has no time of its own: its
+        # tokens join that one's.
+        prefill[-1] += step.prefill_tokens
+        decode[-1] += step.decode_tokens
+    edges = np.asarray(edges_s, dtype=float)
+    return np.diff(np.interp(edges, knots, prefill)), np.diff(np.interp(edges, knots, decode))
+
+
+def _kind_seconds(steps: Sequence[Step], start_s: float) -> dict[str, float]:
+    seconds = dict.fromkeys(KINDS, 0.0)
+    previous = start_s
+    for step in steps:
+        if step.end_s > previous:
+            seconds[kind_of(step)] += step.end_s - previous
+            previous = step.end_s
+    return seconds
+
+
+def _intervals(updates: Sequence[tuple[float, float]]) -> tuple[list[float], Array]:
+    """Edges (s) and energies (J) of the intervals between the counter's updates."""
+    kept: list[tuple[float, float]] = []
+    for t, value in updates:
+        # An update placed no later than the one before (a grid a read contradicts) has no
+        # interval of its own: its energy joins the next one's.
+        if not kept or t > kept[-1][0]:
+            kept.append((t, value))
+    return [t for t, _ in kept], np.diff([e for _, e in kept]) / 1000
 
 
 def _tokens_from(steps: Sequence[Step]) -> str:
@@ -267,62 +410,51 @@ def split_phases(
     steps: Sequence[Step], reads: Sequence[tuple[float, float]], start_s: float
 ) -> PhaseSplit | None:
     """The prefill/decode split of a run whose steps began at ``start_s`` (module docstring);
-    None where the counter never moved between two reads: too short a run to split."""
-    segments = _segments(steps, start_s)
-    updates = _updates(reads)
-    if not segments or len(updates) < 2:
+    None without a step."""
+    if not steps:
         return None
-    edges = [t for t, _ in updates]
-    energies_j = np.diff([e for _, e in updates]) / 1000
-    interval_times = np.array([_time_in(segments, lo, hi) for lo, hi in zip(edges, edges[1:])])
-    total_times = _time_in(segments, segments[0][0], segments[-1][1])
-    present = total_times > 0
-    powers = _fit(interval_times, energies_j, present)
-    method = FIT
-    if powers is None:
-        method = SHARED
-        shares = np.zeros(len(KINDS))
-        for times, joules in zip(interval_times, energies_j):
-            if times.sum() > 0:
-                shares += joules * times / times.sum()
-        covered = interval_times.sum(axis=0)
-        powers = np.divide(shares, covered, out=np.zeros(len(KINDS)), where=covered > 0)
-    kind_j = powers * total_times
-    # The counter's energy over the whole run is exact to an update at each end; the
-    # kinds' estimates only share it out.
-    run_j = (reads[-1][1] - reads[0][1]) / 1000
-    if kind_j.sum() > 0:
-        kind_j *= run_j / kind_j.sum()
-    prefill_j, decode_j, mixed_j, idle_j = (float(v) for v in kind_j)
-    mixed_prefill = sum(s.prefill_tokens for s in steps if kind_of(s) == "mixed")
-    mixed_decode = sum(s.decode_tokens for s in steps if kind_of(s) == "mixed")
-    mixed_tokens = mixed_prefill + mixed_decode
-    if mixed_tokens:
-        prefill_j += mixed_j * mixed_prefill / mixed_tokens
-        decode_j += mixed_j * mixed_decode / mixed_tokens
-    power = [float(kind_j[i] / total_times[i]) if present[i] else None for i in range(len(KINDS))]
+    updates = _updates(reads)
+    edges, energy_j = _intervals(updates)
+    prefill, decode = interval_tokens(steps, start_s, edges)
+    fit = fit_intervals(prefill, decode, np.diff(edges), energy_j)
+    seconds = _kind_seconds(steps, start_s)
     prefill_tokens = sum(s.prefill_tokens for s in steps)
     decode_tokens = sum(s.decode_tokens for s in steps)
-    busy_j = prefill_j + decode_j
-    return PhaseSplit(
-        method=method,
+    split = PhaseSplit(
+        method=UNIDENTIFIED,
         tokens_from=_tokens_from(steps),
-        prefill_j=prefill_j,
-        decode_j=decode_j,
-        idle_j=idle_j,
-        mixed_j=mixed_j,
         prefill_tokens=prefill_tokens,
         decode_tokens=decode_tokens,
-        prefill_s=float(total_times[0]),
-        decode_s=float(total_times[1]),
-        mixed_s=float(total_times[2]),
-        idle_s=float(total_times[3]),
-        prefill_power_w=power[0],
-        decode_power_w=power[1],
-        mixed_power_w=power[2],
+        prefill_s=seconds["prefill"],
+        decode_s=seconds["decode"],
+        mixed_s=seconds["mixed"],
+        idle_s=seconds["idle"],
         steps=len(steps),
         counter_updates=len(updates),
-        j_per_prefill_token=prefill_j / prefill_tokens if prefill_tokens else None,
-        j_per_decode_token=decode_j / decode_tokens if decode_tokens else None,
-        prefill_share=prefill_j / busy_j if busy_j > 0 else None,
+        j_per_prefill_token=None,
+        j_per_decode_token=None,
+        prefill_share=None,
+        condition_number=fit.condition_number if math.isfinite(fit.condition_number) else None,
+        intervals=fit.intervals,
+        degrees_of_freedom=fit.degrees_of_freedom,
+        reason=fit.reason,
+    )
+    if fit.reason is not None or fit.coefficients is None or fit.covariance is None:
+        return split
+    (a, b, c), (a_se, b_se, c_se) = fit.coefficients, np.sqrt(np.diag(fit.covariance))
+    prefill_j, decode_j = a * prefill_tokens, b * decode_tokens
+    # The share's gradient in (a, b), for its variance by the delta method.
+    gradient = np.array([prefill_tokens * decode_j, -decode_tokens * prefill_j]) / (prefill_j + decode_j) ** 2
+    share_variance = float(gradient @ fit.covariance[:2, :2] @ gradient)
+    return replace(
+        split,
+        method=REGRESSION,
+        j_per_prefill_token=float(a),
+        j_per_decode_token=float(b),
+        prefill_share=float(prefill_j / (prefill_j + decode_j)),
+        j_per_prefill_token_se=float(a_se),
+        j_per_decode_token_se=float(b_se),
+        prefill_share_se=math.sqrt(max(share_variance, 0.0)),
+        static_power_w=float(c),
+        static_power_w_se=float(c_se),
     )

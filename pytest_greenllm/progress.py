@@ -101,6 +101,8 @@ class Progress:
         verdict = "" if record.slo_met and not record.regressed else " (verdict: failed)"
         if record.verdicts is not None and record.verdicts.energy == INCONCLUSIVE:
             verdict += f" (energy inconclusive after {count_of(len(record.repeats), 'repeat')})"
+        if record.slo == INCONCLUSIVE:
+            verdict += " (SLO inconclusive)"
         if record.unforced:
             verdict += f" ({count_of(record.unforced, 'output')} not of the forced length)"
         return f"[{self.done}/{len(self.planned)}] {record.id}: {', '.join(figures)}{verdict}; {self._left()}"

@@ -6,11 +6,12 @@ average power and the most throughput are usually three different configurations
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tabulate import tabulate
 
+from pytest_greenllm.point_slos import judge_slos
 from pytest_greenllm.record import (
     AVG_POWER,
     J_PER_TOKEN,
@@ -22,7 +23,8 @@ from pytest_greenllm.record import (
     Report,
     best_per_objective,
 )
-from pytest_greenllm.verdicts import Slo, slo_violations
+from pytest_greenllm.slo_verdicts import DEFAULT_CONFIDENCE, INCONCLUSIVE, VIOLATED, point_slo_verdict
+from pytest_greenllm.verdicts import Slo
 
 COLUMNS = (J_PER_TOKEN, AVG_POWER, OUTPUT_THROUGHPUT, TTFT_P99, TBT_P99)
 
@@ -35,16 +37,25 @@ class PlotUnavailable(ImportError):
 class Recommendation:
     """What a report recommends."""
 
-    passing: list[PointRecord]  # points that meet the SLOs
+    passing: list[PointRecord]  # points not shown to violate the SLOs
     failing: list[str]
     best: list[tuple[Objective, PointRecord | None]]  # in OBJECTIVES order
     frontier: list[PointRecord]  # J/token vs TBT p99, ascending TBT
+    unsure: list[str] = field(default_factory=list)  # passing, but not certified to meet them
+    confidence: float = DEFAULT_CONFIDENCE
 
 
-def _meets(point: PointRecord, slo: Slo | None) -> bool:
+def _slo(point: PointRecord, slo: Slo | None, confidence: float) -> str | None:
+    """met, violated or inconclusive: the report's verdict, or ``slo`` judged afresh over
+    the point's requests (point_slos.py)."""
     if slo is None:
-        return point.slo_met
-    return not slo_violations(point.summary, slo)
+        return point.slo
+    return point_slo_verdict([v.verdict for v in judge_slos(point.repeats, slo, confidence)])
+
+
+def _meets(point: PointRecord, slo: Slo | None, confidence: float) -> bool:
+    """Not shown to violate an SLO; an inconclusive point is a candidate, marked as such."""
+    return _slo(point, slo, confidence) != VIOLATED
 
 
 def _frontier_xy(point: PointRecord) -> tuple[float, float] | None:
@@ -66,10 +77,18 @@ def pareto_frontier(points: list[PointRecord]) -> list[PointRecord]:
 
 
 def recommend(report: Report, slo: Slo | None = None) -> Recommendation:
-    """Best points per objective among those meeting ``slo`` (default: the report's verdicts)."""
-    passing = [p for p in report.points if _meets(p, slo)]
-    failing = [p.id for p in report.points if not _meets(p, slo)]
-    return Recommendation(passing, failing, best_per_objective(passing), pareto_frontier(passing))
+    """Best points per objective among those not violating ``slo`` (default: the report's
+    verdicts), at the confidence the report was judged at."""
+    confidence = report.settings.get("slo_confidence")
+    if not isinstance(confidence, float) or not 0.5 < confidence < 1:
+        confidence = DEFAULT_CONFIDENCE
+    verdicts = {p.id: _slo(p, slo, confidence) for p in report.points}
+    passing = [p for p in report.points if verdicts[p.id] != VIOLATED]
+    failing = [p.id for p in report.points if verdicts[p.id] == VIOLATED]
+    unsure = [p.id for p in passing if verdicts[p.id] == INCONCLUSIVE]
+    return Recommendation(
+        passing, failing, best_per_objective(passing), pareto_frontier(passing), unsure, confidence
+    )
 
 
 def render(rec: Recommendation) -> str:
@@ -90,9 +109,14 @@ def render(rec: Recommendation) -> str:
     lines.append(tabulate([row(p) for p in rec.frontier], headers=headers, floatfmt=".4g", missingval="-"))
     lines.append("")
     lines.append(
-        f"{len(rec.passing)} points meet the SLOs, {len(rec.failing)} do not"
-        + (f": {', '.join(rec.failing)}" if rec.failing else "")
+        f"{len(rec.passing) - len(rec.unsure)} points meet the SLOs at {rec.confidence:.0%} confidence, "
+        f"{len(rec.failing)} violate them" + (f": {', '.join(rec.failing)}" if rec.failing else "")
     )
+    if rec.unsure:
+        lines.append(
+            f"{len(rec.unsure)} are candidates whose SLOs are inconclusive (too few requests to "
+            f"certify; --greenllm-requests=auto takes enough): {', '.join(rec.unsure)}"
+        )
     return "\n".join(lines)
 
 

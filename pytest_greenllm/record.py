@@ -29,11 +29,13 @@ from typing import Any, TypeAlias, TypeVar
 
 import cattrs
 
-from pytest_greenllm.gate import INCONCLUSIVE, point_verdict
+from pytest_greenllm.gate import INCONCLUSIVE, Noise, point_verdict
 from pytest_greenllm.knobs import KnobPoint
 from pytest_greenllm.metrics import RunMetrics
 from pytest_greenllm.phases import PhaseSplit
 from pytest_greenllm.scrape import ServerView
+from pytest_greenllm.slo_verdicts import INCONCLUSIVE as SLO_INCONCLUSIVE
+from pytest_greenllm.slo_verdicts import VIOLATED, SloVerdict, point_slo_verdict
 from pytest_greenllm.verdicts import Goodput, Regression, Violation, regression
 
 SCHEMA = "pytest-greenllm report"
@@ -77,7 +79,10 @@ class EnergyFigures:
     static_share: float | None = None  # idle power x duration / energy
     edp_js: float | None = None  # energy-delay product: energy x window. Units: J*s.
     event_reasons: tuple[tuple[str, tuple[str, ...]], ...] = ()  # per device, all seen
-    phases: PhaseSplit | None = None  # prefill/decode split; None: counter too coarse
+    phases: PhaseSplit | None = None  # prefill/decode split (its reason where unidentified); None: no steps
+    # The kind of each of ``warnings``, in the same order (warning_types.KINDS); empty in
+    # reports written before kinds were kept.
+    warning_kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,9 @@ class Summary:
     energy_above_idle_j: float | None = None  # per repeat. Units: J.
     static_share: float | None = None  # idle power's share of the energy
     edp_js: float | None = None  # Units: J*s.
+    # A baseline pooled from several reports: how many of each per-repeat list came from
+    # each report, in order (the gate's random effects); () for one run.
+    runs: tuple[int, ...] = ()
 
 
 def _known(value: float | None) -> float | None:
@@ -145,7 +153,9 @@ def summarise(repeats: Sequence[RepeatResult]) -> Summary:
     energies = [r.energy for r in repeats if r.energy is not None]
     j_per_token = tuple(_known(e.j_per_output_token) for e in energies)
     power = tuple(_known(e.avg_power_w) for e in energies)
-    phases = [e.phases for e in energies if e.phases is not None]
+    # Only splits that were measured: an unidentified one, or an older report's split shared
+    # out by rule, states no per-token figure.
+    phases = [e.phases for e in energies if e.phases is not None and e.phases.measured]
     return Summary(
         ttft_p99_ms=_mean(_known(m.ttft_ms.p99) for m in metrics),
         itl_p99_ms=_mean(_known(m.itl_ms.p99) for m in metrics),
@@ -257,22 +267,48 @@ SUMMARY_METRICS = (
 GATED_METRICS = (J_PER_TOKEN, AVG_POWER)
 
 
+def _usable(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v) and v > 0]
+
+
 def energy_regressions(
-    base: Summary, head: Summary, tolerance: float, looks: tuple[int, ...] = (), history: bool = False
+    base: Summary,
+    head: Summary,
+    tolerance: float,
+    looks: tuple[int, ...] = (),
+    noise: Mapping[str, Noise] | None = None,
 ) -> list[Regression]:
     """The regression test of every gated metric both summaries have repeats of; the point's
-    false-alarm rate is split over them. ``looks`` and ``history``: see ``verdicts.regression``."""
+    false-alarm rate is split over them. A repeat without a value > 0 (no token, or a window
+    too short for the counter: 0 J) is left out and counted; a side left with none is not
+    compared. ``base.runs`` groups a pooled baseline's repeats by report; ``looks``: see
+    ``verdicts.regression``; ``noise``: a noise profile's figures per metric key."""
     pairs = []
     for metric in GATED_METRICS:
-        # An undefined repeat (no token, no energy) carries nothing to compare; a baseline
-        # that measured no energy (windows too short for the counter) neither.
-        before = [v for v in metric.repeats(base) if v is not None]
-        now = [v for v in metric.repeats(head) if v is not None]
-        if before and now and all(v > 0 for v in before):
-            pairs.append((metric, before, now))
+        before_all = metric.repeats(base)
+        now_all = metric.repeats(head)
+        sizes = base.runs if sum(base.runs) == len(before_all) else (len(before_all),)
+        runs, start = [], 0
+        for size in sizes:
+            runs.append(_usable(before_all[start : start + size]))
+            start += size
+        runs = [r for r in runs if r]
+        now = _usable(now_all)
+        dropped = (len(before_all) - sum(len(r) for r in runs), len(now_all) - len(now))
+        if runs and now:
+            pairs.append((metric, runs, now, dropped))
     return [
-        regression(metric.key, before, now, tolerance, metrics=len(pairs), looks=looks, history=history)
-        for metric, before, now in pairs
+        regression(
+            metric.key,
+            runs,
+            now,
+            tolerance,
+            metrics=len(pairs),
+            looks=looks,
+            noise=None if noise is None else noise.get(metric.key),
+            dropped=dropped,
+        )
+        for metric, runs, now, dropped in pairs
     ]
 
 
@@ -312,13 +348,24 @@ def best_per_objective(
 class Verdicts:
     """What one point's figures say against its SLO and the baseline."""
 
+    # SLOs missed, as reports before SLO verdicts with a confidence recorded them; new
+    # reports keep the judged SLOs in ``slos`` and leave this empty.
     slo_violations: tuple[Violation, ...]
     regressions: tuple[Regression, ...]  # every gated metric compared, regressed or not
     goodput: Goodput
+    slos: tuple[SloVerdict, ...] = ()  # every SLO judged, met, violated or inconclusive
+
+    @property
+    def slo(self) -> str | None:
+        """The point's SLO verdict: met, violated or inconclusive; None where none was set."""
+        if self.slo_violations:
+            return VIOLATED
+        return point_slo_verdict([v.verdict for v in self.slos])
 
     @property
     def slo_met(self) -> bool:
-        return not self.slo_violations
+        """No SLO shown violated: met, inconclusive or none set (``slo`` tells which)."""
+        return self.slo != VIOLATED
 
     @property
     def regressed(self) -> bool:
@@ -330,11 +377,24 @@ class Verdicts:
         return point_verdict([r.outcome for r in self.regressions])
 
     def failures(self, point_id: str, inconclusive: str = "warn") -> list[str]:
-        """One line per missed SLO or regression; an inconclusive energy verdict too where
-        ``inconclusive`` is 'fail'."""
+        """One line per violated SLO or regression; per inconclusive SLO and energy verdict
+        too where ``inconclusive`` is 'fail'."""
+        fail_unsure = inconclusive == "fail"
         lines = [v.message(point_id) for v in self.slo_violations]
+        lines += [
+            v.message(point_id)
+            for v in self.slos
+            if v.verdict == VIOLATED or (fail_unsure and v.verdict == SLO_INCONCLUSIVE)
+        ]
         lines += [r.message(point_id) for r in self.regressions if r.regressed]
-        if inconclusive == "fail" and self.energy == INCONCLUSIVE:
+        if fail_unsure and self.energy == INCONCLUSIVE:
+            lines += [r.message(point_id) for r in self.regressions if r.outcome == INCONCLUSIVE]
+        return lines
+
+    def unsure(self, point_id: str) -> list[str]:
+        """One line per inconclusive SLO and energy verdict."""
+        lines = [v.message(point_id) for v in self.slos if v.verdict == SLO_INCONCLUSIVE]
+        if self.energy == INCONCLUSIVE:
             lines += [r.message(point_id) for r in self.regressions if r.outcome == INCONCLUSIVE]
         return lines
 
@@ -368,8 +428,14 @@ class PointRecord:
 
     @property
     def slo_met(self) -> bool:
-        """Met its SLO; an unjudged point counts as meeting it."""
+        """No SLO shown violated (met, or inconclusive: ``slo`` tells which); an unjudged
+        point counts as not violated."""
         return self.verdicts is None or self.verdicts.slo_met
+
+    @property
+    def slo(self) -> str | None:
+        """met, violated or inconclusive; None: no SLO, or not judged."""
+        return None if self.verdicts is None else self.verdicts.slo
 
     @property
     def regressed(self) -> bool:
@@ -387,6 +453,8 @@ class PointRecord:
             v = self.verdicts
             verdicts = {
                 "slo_met": v.slo_met,
+                "slo": v.slo,
+                "slos": _plain(v.slos),
                 "slo_violations": _plain(v.slo_violations),
                 "regressions": _plain(v.regressions),
                 "regressed": v.regressed,

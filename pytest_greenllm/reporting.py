@@ -48,6 +48,10 @@ def settings_record(settings: Settings, planned: Sequence[str] = ()) -> dict[str
         "seed": settings.seed,
         "repeats": "auto" if settings.auto_repeats else settings.repeats,
         "max_repeats": settings.max_repeats if settings.auto_repeats else None,
+        # The repeat counts the gate judged at, so that `greenllm compare` judges the same way.
+        "looks": list(settings.looks),
+        "noise": None if settings.noise_path is None else str(settings.noise_path),
+        "slo_confidence": settings.slo_confidence,
         "inconclusive": settings.inconclusive,
         "requests": settings.requests,
         "trace_time_scale": settings.trace_time_scale,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,9 +13,13 @@ from typing import Any
 from pytest_greenllm.config import Settings, slo_for
 from pytest_greenllm.gate import INCONCLUSIVE, point_verdict
 from pytest_greenllm.history import History, load_history
+from pytest_greenllm.knobs import KnobPoint
+from pytest_greenllm.noise import NoiseProfile
+from pytest_greenllm.point_slos import certifying_requests, judge_slos, percentile_limits
 from pytest_greenllm.record import PointRecord, PointResult, Report, Verdicts, energy_regressions
 from pytest_greenllm.report import Journal, check_setup, write_report
-from pytest_greenllm.verdicts import Regression, Slo, goodput, slo_violations
+from pytest_greenllm.verdicts import Regression, Slo, goodput
+from pytest_greenllm.workloads import request_count
 
 AUTOSAVE_DIR = ".greenllm"
 
@@ -32,15 +37,31 @@ class Results:
     records: list[PointRecord] = field(default_factory=list)
     # A parallel worker's points go to the controller, which alone writes the journal.
     writes_journal: bool = True
-    # The baseline pools a history of reports: its spread is the noise (gate.py).
-    baseline_history: bool = False
+    # The box's run-to-run noise (greenllm calibrate), which the gate adds to the repeats'.
+    noise: NoiseProfile | None = None
+
+    def slo_for(self, workload: str) -> Slo:
+        """The SLO a point of ``workload`` is held to here: on the CPU only the user's."""
+        if not self.settings.slos_given and not self.default_slos_apply:
+            return Slo()
+        return slo_for(self.settings, workload)
+
+    def passes_for(self, point: KnobPoint) -> int:
+        """The fewest passes of ``point``'s requests per repeat: 1; with requests 'auto' and
+        a p99 SLO to check, enough for the requests pooled over the fewest repeats to
+        certify it (point_slos.py). More passes, not more requests a pass: in a closed loop
+        every request of a pass is sent at once, and a longer queue would raise the TTFT
+        being judged."""
+        if self.settings.requests is not None or not percentile_limits(self.slo_for(point.workload.name)):
+            return 1
+        count = request_count(point.batch, self.settings.requests)
+        needed = certifying_requests(self.settings.slo_confidence)
+        return math.ceil(needed / (count * self.settings.repeats))
 
     def judge(self, record: PointRecord) -> Verdicts:
-        """SLO, goodput and, with a baseline, the regression test of one point."""
-        point = record.point
-        slo = slo_for(self.settings, point.workload.name)
-        if not self.settings.slos_given and not self.default_slos_apply:
-            slo = Slo()
+        """SLOs (every request of every repeat pooled), goodput and, with a baseline, the
+        regression test of one point."""
+        slo = self.slo_for(record.point.workload.name)
         ttft: list[float] = []
         tpot: list[float | None] = []
         e2el: list[float] = []
@@ -55,21 +76,21 @@ class Results:
             duration += repeat.metrics.duration_s
             energy = None if repeat.energy is None or energy is None else energy + repeat.energy.energy_j
         return Verdicts(
-            tuple(slo_violations(record.summary, slo)),
+            (),
             tuple(self._regressions(record)),
             goodput(ttft, tpot, e2el, duration, slo, energy, requests),
+            judge_slos(record.repeats, slo, self.settings.slo_confidence),
         )
 
     def _regressions(self, record: PointRecord) -> list[Regression]:
         base = None if self.baseline is None else self.baseline.point(record.id)
         if base is None:
             return []
-        settings = self.settings
         # A sequential run is judged with the boundary of every look it could have taken,
         # so that its error rates hold however many it took (gate.py).
-        looks = tuple(range(settings.repeats, settings.max_repeats + 1)) if settings.auto_repeats else ()
+        noise = None if self.noise is None else self.noise.metrics
         return energy_regressions(
-            base.summary, record.summary, settings.energy_tolerance, looks, self.baseline_history
+            base.summary, record.summary, self.settings.energy_tolerance, self.settings.looks, noise
         )
 
     def settled(self, result: PointResult) -> bool:

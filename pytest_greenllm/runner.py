@@ -16,9 +16,16 @@ from pytest_greenllm.config import Settings
 from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.driver import Driver, EngineSpec, ServesMetrics
 from pytest_greenllm.knobs import KnobPoint
-from pytest_greenllm.meter import EnergyMeter, WindowHandle, WindowResult
+from pytest_greenllm.meter import (
+    OTHER_KIND,
+    SHORT_WINDOW_KIND,
+    SUB_WINDOW_MIN_PERIODS,
+    EnergyMeter,
+    WindowHandle,
+    WindowResult,
+)
 from pytest_greenllm.metrics import RequestRecord, RunMetrics, energy_between_j, run_metrics
-from pytest_greenllm.phases import CounterLog, counter_energy_j, split_phases
+from pytest_greenllm.phases import CounterLog, counter_energy_j, split_phases, update_period_s
 from pytest_greenllm.record import (
     SUMMARY_METRICS,
     EnergyFigures,
@@ -39,16 +46,38 @@ def energy_figures(
 ) -> EnergyFigures:
     """Per-token and per-request energy, and the figures other tools report; the steady
     state and the prefill/decode split from the counter reads of ``log`` where it has
-    them (else the steady state from the power timeline)."""
+    them (else the steady state from the power timeline). A steady state too short for the
+    counter's updates has no energy, and says so; a window whose counter went backwards
+    (its energy NaN) has none of the figures drawn from it."""
+    kinds = window.warning_kinds + (OTHER_KIND,) * (len(window.warnings) - len(window.warning_kinds))
+    warnings = list(zip(window.warnings, kinds))
+    energy_j = window.energy_j
+    measured = math.isfinite(energy_j)
     steady_j = None
     steady_from = None
     steady = metrics.steady
-    if steady is not None and steady.output_tokens > 0:
+    if measured and steady is not None and steady.output_tokens > 0:
         joules = None
-        if log is not None:
-            joules = counter_energy_j(log.reads, run_start_s + steady.start_s, run_start_s + steady.end_s)
-            steady_from = "counter"
-        if joules is None:
+        too_short = False
+        if log is not None and log.reads:
+            period_s = update_period_s(log.reads)
+            lasted_s = steady.end_s - steady.start_s
+            too_short = period_s is None or lasted_s < SUB_WINDOW_MIN_PERIODS * period_s
+            if too_short:
+                updates = "no update" if period_s is None else f"updates every {period_s * 1000:.0f} ms"
+                warnings.append(
+                    (
+                        f"no steady-state energy per token: the steady state lasted "
+                        f"{lasted_s * 1000:.0f} ms and the energy counter's reads saw {updates}; "
+                        f"it needs {SUB_WINDOW_MIN_PERIODS} updates to be within "
+                        f"{1 / SUB_WINDOW_MIN_PERIODS:.0%} (longer outputs lengthen it)",
+                        SHORT_WINDOW_KIND,
+                    )
+                )
+            else:
+                joules = counter_energy_j(log.reads, run_start_s + steady.start_s, run_start_s + steady.end_s)
+                steady_from = "counter"
+        if joules is None and not too_short:
             offset = run_start_s - window.started_s
             joules = energy_between_j(window.timeline, offset + steady.start_s, offset + steady.end_s)
             steady_from = "timeline"
@@ -56,13 +85,13 @@ def energy_figures(
             steady_j = joules / steady.output_tokens
         else:
             steady_from = None
-    energy_j = window.energy_j
     tokens = metrics.prompt_tokens + metrics.output_tokens
     static_share = None
-    if window.idle_power_w is not None and energy_j > 0:
-        static_share = window.idle_power_w * window.duration_s / energy_j
+    above_j = window.energy_above_idle_j
+    if above_j is not None and energy_j > 0:
+        static_share = (energy_j - above_j) / energy_j
     phases = None
-    if log is not None and log.reads:
+    if measured and log is not None and log.reads:
         phases = split_phases(log.steps, log.reads, log.reads[0][0])
     return EnergyFigures(
         method=window.method,
@@ -72,13 +101,13 @@ def energy_figures(
         avg_power_w=window.avg_power_w,
         peak_power_w=window.peak_power_w,
         steady_j_per_token=steady_j,
-        energy_above_idle_j=window.energy_above_idle_j,
+        energy_above_idle_j=above_j,
         per_device_j=tuple((d.label, d.energy_j) for d in window.devices),
         imbalance=window.imbalance,
         sm_clock_mhz=tuple((d.label, d.sm_clock_mhz_mean) for d in window.devices),
         clock_strayed=any(d.clock_strayed for d in window.devices),
         short_window=window.short,
-        warnings=window.warnings,
+        warnings=tuple(text for text, _ in warnings),
         timeline_power=window.power_kind,
         steady_from=steady_from,
         j_per_total_token=energy_j / tokens if tokens else None,
@@ -86,6 +115,7 @@ def energy_figures(
         edp_js=energy_j * window.duration_s,
         event_reasons=tuple((d.label, d.event_reasons) for d in window.devices),
         phases=phases,
+        warning_kinds=tuple(kind for _, kind in warnings),
     )
 
 
@@ -98,10 +128,12 @@ def run_passes(
     log: CounterLog | None,
     min_window_s: float,
     clock: Callable[[], float] = time.monotonic,
+    min_passes: int = 1,
 ) -> list[list[RequestRecord]]:
     """Run the requests, and again back to back, until ``min_window_s`` has passed: the
     energy counter updates every 20-100 ms, so a short window cannot be measured well
-    (MLPerf Power sets minimum run lengths for the same reason). One list per pass."""
+    (MLPerf Power sets minimum run lengths for the same reason); at least ``min_passes``
+    times (requests enough to judge an SLO). One list per pass."""
     started = clock()
     passes: list[list[RequestRecord]] = []
     while True:
@@ -109,7 +141,8 @@ def run_passes(
             log.start()
         pass_tag = f"{tag}-p{len(passes)}" if passes else tag
         passes.append(driver.run(spec, requests, arrivals_s, pass_tag, observer=log))
-        if clock() - started >= min_window_s or len(passes) >= MAX_PASSES:
+        enough = clock() - started >= min_window_s and len(passes) >= min_passes
+        if enough or len(passes) >= MAX_PASSES:
             return passes
 
 
@@ -139,8 +172,9 @@ class PointRun:
     """One knob point's measurement, a repeat at a time: each repeat runs the point's
     workload inside an energy window over ``sources`` (every source of ``meter`` if None);
     no window without a meter. A window shorter than the meter's minimum runs the requests
-    again until it is long enough. ``sources_note`` says why the sources are more than the
-    point's own, into each repeat's energy warnings."""
+    again until it is long enough, and every repeat runs them at least ``min_passes`` times.
+    ``sources_note`` says why the sources are more than the point's own, into each repeat's
+    energy warnings."""
 
     def __init__(
         self,
@@ -151,6 +185,7 @@ class PointRun:
         spec: EngineSpec,
         point: KnobPoint,
         locked_clock_mhz: int | None,
+        min_passes: int = 1,
         sources_note: str | None = None,
     ) -> None:
         self._settings = settings
@@ -161,6 +196,7 @@ class PointRun:
         self.point = point
         self._locked_clock_mhz = locked_clock_mhz
         self._sources_note = sources_note
+        self._min_passes = min_passes
         count = request_count(point.batch, settings.requests)
         self._requests = build_requests(point.workload, count, settings.seed, settings.trace)
         self._arrivals = arrival_offsets(point.load, [r.arrival_s for r in self._requests], settings.seed)
@@ -190,7 +226,16 @@ class PointRun:
         scraper = Scraper(url, clock()) if url is not None else None
         tag = f"{self.point.id}-r{len(self.repeats)}"
         with window as handle, scraper if scraper is not None else nullcontext():
-            passes = run_passes(self._driver, spec, self._requests, self._arrivals, tag, log, min_window_s)
+            passes = run_passes(
+                self._driver,
+                spec,
+                self._requests,
+                self._arrivals,
+                tag,
+                log,
+                min_window_s,
+                min_passes=self._min_passes,
+            )
         records = [r for records in passes for r in records]
         # Over every pass: the steady state is the first pass's, as the later ones start
         # only after it has drained.
@@ -199,7 +244,11 @@ class PointRun:
         if handle.result is not None:
             energy = energy_figures(handle.result, metrics, min(r.send_s for r in records), log)
             if self._sources_note is not None:
-                energy = replace(energy, warnings=(*energy.warnings, self._sources_note))
+                energy = replace(
+                    energy,
+                    warnings=(*energy.warnings, self._sources_note),
+                    warning_kinds=(*energy.warning_kinds, "other"),
+                )
         server = scraper.view() if scraper is not None else None
         repeat = RepeatResult(metrics, energy, len(passes), server, unforced_lengths(passes, self._requests))
         self.repeats.append(repeat)
@@ -246,6 +295,15 @@ def result_properties(record: PointRecord) -> list[tuple[str, object]]:
     if record.unforced:
         properties.append(("greenllm_unforced_lengths", record.unforced))
     properties.append(("greenllm_slo_met", record.slo_met))
+    if record.slo is not None:
+        properties.append(("greenllm_slo", record.slo))
+    for slo in record.verdicts.slos if record.verdicts is not None else ():
+        # The verdict, its confidence bound beside the estimate, and the error it holds at.
+        properties.append((f"greenllm_slo_{slo.metric}", slo.verdict))
+        for name, value in (("estimate", slo.estimate), ("bound", slo.high if slo.quantile else slo.low)):
+            if value is not None:
+                properties.append((f"greenllm_slo_{slo.metric}_{name}", round(value, 6)))
+        properties.append((f"greenllm_slo_{slo.metric}_confidence", slo.confidence))
     if record.verdicts is not None:
         properties.append(("greenllm_goodput_share", round(record.verdicts.goodput.share, 4)))
         if record.verdicts.regressions:

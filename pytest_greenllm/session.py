@@ -18,8 +18,10 @@ from pytest_greenllm.gate import INCONCLUSIVE
 from pytest_greenllm.hints import render
 from pytest_greenllm.knobs import EngineConfig, KnobPoint, count_of, group_by_engine
 from pytest_greenllm.options import ENABLE_FLAG, POINT_FIXTURE, PYTEST_PREFIX
+from pytest_greenllm.point_slos import slo_header
 from pytest_greenllm.progress import Progress
 from pytest_greenllm.record import PointRecord
+from pytest_greenllm.slo_verdicts import INCONCLUSIVE as SLO_INCONCLUSIVE
 from pytest_greenllm.sweep import Sweep
 from pytest_greenllm.tables import summary_table
 
@@ -110,8 +112,9 @@ class GreenLLMSession:
         if s.auto_repeats and s.baseline_path is None:
             lines.append(
                 f"greenllm: --greenllm-repeats=auto without a baseline: every point runs {s.repeats} "
-                "repeats (more are spent only where a verdict against a baseline is unsure)"
+                "repeats, enough for this report to serve as a baseline"
             )
+        lines.append(f"greenllm: {slo_header(s, sweep.results.default_slos_apply)}")
         return lines
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -142,6 +145,14 @@ class GreenLLMSession:
             terminalreporter.write_line(
                 f"greenllm: outputs not of the forced length at {', '.join(unforced)}: the server ignores "
                 "ignore_eos or min_tokens, and their per-token figures count the tokens it sent",
+                yellow=True,
+            )
+        unsure_slo = [p.id for p in points if p.slo == SLO_INCONCLUSIVE]
+        if unsure_slo and sweep.settings.inconclusive != "pass":
+            terminalreporter.write_line(
+                f"greenllm: SLO verdict inconclusive at {', '.join(unsure_slo)}: too few requests to "
+                f"certify or refute a p99 at {sweep.settings.slo_confidence:.0%} confidence; "
+                "--greenllm-requests=auto takes enough (docs/slo.md)",
                 yellow=True,
             )
         unsettled = [p.id for p in points if p.verdicts is not None and p.verdicts.energy == INCONCLUSIVE]

@@ -24,7 +24,8 @@ from pytest_greenllm.endpoint import attach_endpoint
 from pytest_greenllm.engine import cpu_build_installed
 from pytest_greenllm.hints import CLI_PREFIX, Hint, HintedError
 from pytest_greenllm.knobs import KnobPoint, Matrix, expand
-from pytest_greenllm.meter import EnergyMeter, IdleState
+from pytest_greenllm.meter import AS_FOUND, DeviceState, EnergyMeter, IdleState
+from pytest_greenllm.noise import noise_line, read_profile
 from pytest_greenllm.report import Journal, ReportError, fingerprint, git_info, machine_info
 from pytest_greenllm.reporting import ReportContext, journal_path, settings_record
 from pytest_greenllm.results import AUTOSAVE_DIR, Results, check_writable, load_baseline
@@ -170,8 +171,11 @@ def prepare_reports(
             journal.path.unlink()
         if settings.baseline_path is not None:
             history, baseline_notes = load_baseline(settings.baseline_path, print_, allow_mismatch)
-            results.baseline, results.baseline_history = history.report, history.pooled
+            results.baseline = history.report
             notes.extend(baseline_notes)
+        if settings.noise_path is not None:
+            results.noise = read_profile(settings.noise_path, print_, allow_mismatch)
+            notes.append(f"noise profile {settings.noise_path}: {noise_line(results.noise)}")
     except ReportError as e:
         raise SetupError(e.message, e.hint, e.subject) from None
     context = ReportContext(
@@ -224,7 +228,17 @@ class Sweep:
         return EngineSpec(point.engine, self.settings.model, self.settings.engine_args)
 
     def meter(self) -> EnergyMeter:
-        """The energy meter; idle power is measured the first time. PointSkipped without one."""
+        """The energy meter, with the idle power of every state the sweep has set the
+        devices in so far (``lock_clocks``, ``set_power_limit``): each state is measured
+        once, at rest, the first time the meter is asked for in it, so that a point's energy
+        above idle is against its own clock and power limit. PointSkipped without one."""
+        meter = self._meter_as_found()
+        meter.measure_state_idle(self._idle_s())
+        return meter
+
+    def _meter_as_found(self) -> EnergyMeter:
+        """The energy meter, with idle power as found measured the first time (or handed
+        in by a parallel run's controller, whose workers' neighbours would load it)."""
         if not self.backend.sources:
             raise PointSkipped(f"energy not measured: {NO_METER}", TRY_FAKE)
         if self._meter is None:
@@ -238,8 +252,11 @@ class Sweep:
             if self.idle is not None:
                 self._meter.idle = self.idle
             else:
-                self._meter.measure_idle(max(s.min_window_s, 1.0))
+                self._meter.measure_idle(self._idle_s())
         return self._meter
+
+    def _idle_s(self) -> float:
+        return max(self.settings.min_window_s, 1.0)
 
     def meter_or_none(self) -> EnergyMeter | None:
         """The meter where the device has one; latency is measured either way."""
@@ -260,9 +277,18 @@ class Sweep:
         )
 
     def _measure_idle_first(self) -> None:
-        # Idle power is measured once, before the session changes any clock or power limit.
+        # Idle power as found is measured before the session changes any clock or power
+        # limit; the state a change makes is measured when a point asks for the meter, once
+        # both of its changes are made (a clock and a limit would otherwise measure twice).
         if self.backend.sources:
-            self.meter()
+            self._meter_as_found()
+
+    def _set_state(self, gpus: Sequence[Gpu], change: Callable[[DeviceState], DeviceState]) -> None:
+        """Tell the meter what was set on ``gpus``, for the idle power of their state."""
+        if self._meter is not None:
+            states = self._meter.states
+            for gpu in gpus:
+                states[gpu.label] = change(states.get(gpu.label, AS_FOUND))
 
     def lock_clocks(self, mhz: int | None, tp: int | None = None) -> int | None:
         """Lock the first ``tp`` GPUs (None: all) at ``mhz`` for one point; returns the
@@ -274,11 +300,13 @@ class Sweep:
         if guard is None:
             raise PointSkipped(f"device={self.backend.kind} cannot lock clocks", LEAVE_CLOCKS_ALONE)
         guard.install()
+        gpus = self._gpus(tp)
         try:
-            locked, _ = guard.lock_clocks(self._gpus(tp), mhz)
+            locked, _ = guard.lock_clocks(gpus, mhz)
         except (NoPermission, NotSupported) as e:
             self.restore()  # the GPUs locked before the one that refused
             raise PointSkipped(f"clocks not locked: {e.message}", e.hint) from None
+        self._set_state(gpus, lambda state: replace(state, clock_mhz=locked))
         return locked
 
     def set_power_limit(self, watts: int | None, tp: int | None = None) -> float | None:
@@ -294,6 +322,7 @@ class Sweep:
         guard.install()
         try:
             guard.set_power_limit(gpus, watts * 1000)
+            self._set_state(gpus, lambda state: replace(state, power_limit_w=watts))
             # With tensor parallelism the most limited GPU paces the others.
             return min(gpu.power_limit_mw() for gpu in gpus) / 1000
         except (NoPermission, NotSupported) as e:
@@ -305,6 +334,8 @@ class Sweep:
 
     def restore(self) -> None:
         """Put back the clocks and power limits a point changed."""
+        if self._meter is not None:
+            self._meter.states.clear()
         if self.backend.guard is not None:
             self.backend.guard.restore()
 
@@ -313,7 +344,7 @@ class Sweep:
         cool before it; every source where there are no GPUs."""
         if self.backend.sources and self.settings.cooldown_s > 0:
             sources: list[EnergySource] = [*self._gpus(tp)] or list(self.backend.sources)
-            self.meter().cool_down(self.settings.cooldown_s, sources=sources)
+            self._meter_as_found().cool_down(self.settings.cooldown_s, sources=sources)
 
     def meter_method(self) -> str | None:
         """How the session's energy was measured: counter, sampled, mixed or None."""

@@ -47,6 +47,11 @@ def matrix_table(matrix: Matrix) -> str:
     return tabulate(rows, headers=headers)
 
 
+# A point not shown to violate its SLO but not certified either says so: "ok" would be a
+# confident claim the requests cannot back.
+_SLO_CELLS = {"met": "met", "violated": "MISSED", "inconclusive": "unsure"}
+
+
 def summary_table(points: list[PointRecord]) -> str:
     """Points x key figures; the best point per objective among those meeting the SLOs is
     marked: E least energy per token, P least average power, T most throughput."""
@@ -62,7 +67,7 @@ def summary_table(points: list[PointRecord]) -> str:
                 p.id,
                 len(p.repeats),
                 *(metric.of(p.summary) for metric in TABLE_METRICS),
-                "ok" if p.slo_met else "MISSED",
+                _SLO_CELLS.get(p.slo or "", "-"),
                 "REGRESSED" if p.regressed else (p.verdicts.energy if p.verdicts and regressions else "-"),
                 marks[p.id],
             )

@@ -13,9 +13,8 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from pytest_greenllm.gate import OK, REGRESSED, ZONE_FACTOR, Design, judge
+from pytest_greenllm.gate import OK, REGRESSED, ZONE_FACTOR, Design, Noise, judge
 
 SLO_METRICS = ("ttft_p99", "tbt_p99", "tpot_p99", "e2el_p99", "throughput_min")
 _UNITS_MS = {"ms": 1.0, "s": 1000.0, "": 1.0}
@@ -99,39 +98,6 @@ class Violation:
         )
 
 
-class Figures(Protocol):
-    """What an SLO is checked against (a point's summary); None: not measured."""
-
-    @property
-    def ttft_p99_ms(self) -> float | None: ...
-    @property
-    def itl_p99_ms(self) -> float | None: ...
-    @property
-    def tpot_p99_ms(self) -> float | None: ...
-    @property
-    def e2el_p99_ms(self) -> float | None: ...
-    @property
-    def output_throughput(self) -> float | None: ...
-
-
-def slo_violations(summary: Figures, slo: Slo) -> list[Violation]:
-    """Which limits ``summary`` (latencies in ms, throughput in tokens/s) misses."""
-    checks = (
-        ("ttft_p99", summary.ttft_p99_ms, slo.ttft_p99_ms),
-        ("tbt_p99", summary.itl_p99_ms, slo.tbt_p99_ms),
-        ("tpot_p99", summary.tpot_p99_ms, slo.tpot_p99_ms),
-        ("e2el_p99", summary.e2el_p99_ms, slo.e2el_p99_ms),
-    )
-    out = []
-    for name, value, limit in checks:
-        if limit is not None and value is not None and value > limit:
-            out.append(Violation(name, value, limit, "ms"))
-    throughput = summary.output_throughput
-    if slo.throughput_min is not None and throughput is not None and throughput < slo.throughput_min:
-        out.append(Violation("throughput_min", throughput, slo.throughput_min, "tok/s"))
-    return out
-
-
 @dataclass(frozen=True)
 class Goodput:
     """Requests that met every per-request SLO, as ``vllm bench serve`` counts them."""
@@ -189,6 +155,8 @@ class Regression:
     # whose verdict was ``regressed`` alone.
     verdict: str | None = None
     repeats: tuple[int, int] | None = None  # (baseline, head) repeats judged
+    # (baseline, head) repeats left out: no energy measured (0 J), or none that is finite
+    dropped: tuple[int, int] = (0, 0)
 
     @property
     def outcome(self) -> str:
@@ -202,6 +170,8 @@ class Regression:
         low, high = self.tolerance / ZONE_FACTOR, self.tolerance * ZONE_FACTOR
         what = "energy regression" if self.outcome == REGRESSED else f"energy change {self.outcome}"
         counts = f", {self.repeats[0]} vs {self.repeats[1]} repeats" if self.repeats else ""
+        if any(self.dropped):
+            counts += f" ({self.dropped[0]} and {self.dropped[1]} without energy left out)"
         return (
             f"{what} at {point_id}: {self.metric} {self.head_mean:.4g} vs baseline "
             f"{self.base_mean:.4g} ({self.increase:+.1%}{interval}; tolerance "
@@ -209,32 +179,38 @@ class Regression:
         )
 
 
-_METHODS = {"repeats": "t (repeats)", "history": "t (history)", "none": "threshold (single repeat)"}
+_METHODS = {
+    "repeats": "t (repeats)",
+    "history": "t (history, random effects)",
+    "profile": "t (repeats and noise profile)",
+    "none": "none (too few repeats for their noise)",
+}
 
 
 def regression(
     metric: str,
-    base: Sequence[float],
+    base: Sequence[Sequence[float]],
     head: Sequence[float],
     tolerance: float,
     *,
     metrics: int = 1,
     looks: tuple[int, ...] = (),
-    history: bool = False,
+    noise: Noise | None = None,
+    dropped: tuple[int, int] = (0, 0),
 ) -> Regression:
-    """Is ``head`` worse than ``base`` by more than ``tolerance``? ``metrics``: how many are
-    gated for this point (the false-alarm rate is split over them); ``looks``: the repeat
-    counts a sequential run judges at; ``history``: ``base`` pools several reports."""
-    if not base or not head:
+    """Is ``head`` worse than ``base`` (its runs' repeats: one run, or several) by more than
+    ``tolerance``? ``metrics``: how many are gated for this point (the false-alarm rate is
+    split over them); ``looks``: the repeat counts a sequential run judges at; ``noise``: a
+    noise profile's figures; ``dropped``: repeats left out before (baseline, head)."""
+    values = [v for r in base for v in r]
+    if not values or not head:
         raise ValueError(f"{metric}: both runs need at least one repeat")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*base, *head]):
-        raise ValueError(f"{metric}: a repeat has no finite value; was no token generated?")
-    if not all(v > 0 for v in [*base, *head]):
-        raise ValueError(f"{metric}: a repeat measured no energy (0); it cannot be compared")
-    change = judge(base, head, Design(tolerance, metrics, looks), history)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in [*values, *head]):
+        raise ValueError(f"{metric}: every repeat needs a finite value > 0; drop the others first")
+    change = judge(base, head, Design(tolerance, metrics, looks), noise)
     return Regression(
         metric,
-        statistics.fmean(base),
+        statistics.fmean(values),
         statistics.fmean(head),
         change.increase,
         change.low,
@@ -243,5 +219,6 @@ def regression(
         change.verdict == REGRESSED,
         _METHODS[change.noise],
         change.verdict,
-        (len(base), len(head)),
+        (len(values), len(head)),
+        dropped,
     )

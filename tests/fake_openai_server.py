@@ -18,6 +18,10 @@ Run as ``python fake_openai_server.py --port PORT [--model NAME] [--mode MODE]``
   stops after half its ``max_tokens`` (at least 1) with ``finish_reason`` "stop", and its
   usage counts the tokens it sent.
 
+``--ttft-lognormal MEDIAN_S,SIGMA`` gives the first token of every completion a known law: a
+delay drawn (seeded) from a lognormal with that median and log-sd, instead of the gap
+between tokens; the SLO verdicts are tested against its known p99.
+
 A port already taken fails as uvicorn does: "address already in use" on the output, exit 1.
 """
 
@@ -26,7 +30,9 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import math
 import os
+import random
 import socket
 import socketserver
 import sys
@@ -46,13 +52,25 @@ HOST = "127.0.0.1"
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
+    # uvicorn's backlog: the stdlib's 5 would leave a burst's later connections waiting on
+    # SYN retries (a second each), which a TTFT measurement would count.
+    request_queue_size = 2048
     # A server must not steal a port that another socket holds (uvicorn binds without
     # reusing a port in use either); a TIME_WAIT one it may reuse.
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], model: str, mode: str, token_s: float) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        model: str,
+        mode: str,
+        token_s: float,
+        ttft_law: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__(address, Handler)
         self.model = model
+        self.ttft_law = ttft_law  # (median s, log-sd) of the first token's delay
+        self.rng = random.Random(20240503)
         self.mode, self.die_after, self.linger_s = parse_mode(mode)
         self.token_s = token_s  # seconds between streamed tokens
         self.started = 0  # completion requests received
@@ -160,6 +178,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
         self.wfile.flush()
 
+    def _ttft_s(self) -> float:
+        assert self.server.ttft_law is not None
+        median_s, sigma = self.server.ttft_law
+        with self.server.lock:
+            return self.server.rng.lognormvariate(math.log(median_s), sigma)
+
     def _stream(self, number: int, prompt_tokens: int, max_tokens: int) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -171,7 +195,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         early = self.server.mode == "early-eos"
         tokens = max(1, max_tokens // 2) if early else max_tokens
         for i in range(tokens):
-            time.sleep(self.server.token_s)
+            time.sleep(self.server.token_s if i or self.server.ttft_law is None else self._ttft_s())
             choice = {"index": 0, "text": f" t{i}", "token_ids": [1000 + i], "finish_reason": None}
             if i == tokens - 1:
                 choice["finish_reason"] = "stop" if early else "length"
@@ -206,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--mode", default="ok", help=f"{', '.join(MODES)}, {DIE_AFTER}K, {DIE_SLOWLY_AFTER}K")
     parser.add_argument("--token-s", type=float, default=0.002, help="seconds between tokens")
+    parser.add_argument("--ttft-lognormal", default=None, help="MEDIAN_S,SIGMA of the first token's delay")
     args = parser.parse_args(argv)
+    law = None
+    if args.ttft_lognormal is not None:
+        median_s, sigma = (float(v) for v in args.ttft_lognormal.split(","))
+        law = (median_s, sigma)
     try:
         parse_mode(args.mode)
     except ValueError as e:
@@ -214,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fake openai server {os.getpid()}: mode {args.mode}, model {args.model}", flush=True)
     address = (HOST, args.port)
     try:
-        server = Server(address, args.model, args.mode, args.token_s)
+        server = Server(address, args.model, args.mode, args.token_s, law)
     except OSError as e:
         say_bind_error(e, address)
         return 1

@@ -133,6 +133,8 @@ def test_the_gate_catches_injected_power_and_passes_an_unchanged_sweep(
     text = summary.read_text()
     used_line = next(line for line in text.splitlines() if line.startswith("- baseline: "))
     assert used_line.count("report.json") == 3 and "other-gpu" not in used_line
+    # Three runs: each its own offset, judged as random effects (docs/gate.md).
+    assert "noise from: t (history, random effects)" in text
     assert (
         f"- refused {history / 'other-gpu' / 'report.json'}: another setup "
         "(gpu_model: 'NVIDIA A100-SXM4-80GB' -> 'NVIDIA H100 80GB HBM3')"

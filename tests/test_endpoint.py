@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,12 @@ NOT_MEASURED = (
 class FakeServer:
     """A fake OpenAI server subprocess on a free port, started by the test."""
 
-    def __init__(self, mode: str, log: Path, port: int | None = None) -> None:
+    def __init__(self, mode: str, log: Path, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, str(FAKE), "--port", str(self.port), "--model", MODEL]
-        command += ["--mode", mode, "--token-s", TOKEN_S]
+        command += ["--mode", mode, "--token-s", TOKEN_S, *extra]
         with log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         self._wait_healthy()
@@ -105,8 +105,8 @@ class FakeServer:
 
 
 @contextmanager
-def running(mode: str, directory: Path) -> Iterator[FakeServer]:
-    server = FakeServer(mode, directory / f"fake-{mode}.log")
+def running(mode: str, directory: Path, extra: Sequence[str] = ()) -> Iterator[FakeServer]:
+    server = FakeServer(mode, directory / f"fake-{mode}.log", extra=extra)
     try:
         yield server
     finally:

@@ -29,6 +29,7 @@ from pytest_greenllm.metrics import RequestRecord, run_metrics
 from pytest_greenllm.model_info import resolve_model
 from pytest_greenllm.record import PointRecord, PointResult, RepeatResult, Verdicts
 from pytest_greenllm.runner import energy_figures, result_properties
+from pytest_greenllm.slo_verdicts import Samples, judge_percentile
 from pytest_greenllm.verdicts import Goodput, Regression, Violation
 from pytest_greenllm.workloads import Workload
 
@@ -330,8 +331,22 @@ def test_result_properties() -> None:
         "greenllm_meter_method": "mixed",
         "greenllm_passes": 1,
         "greenllm_slo_met": False,
+        "greenllm_slo": "violated",
         "greenllm_goodput_share": 0.6667,
         "greenllm_energy_regressed": True,
+    }
+    # An SLO judged over the pooled requests: its verdict, estimate, bound and confidence.
+    ttft = judge_percentile("ttft_p99", Samples.of([10.0] * 299), 100.0, 0.99, 0.95)
+    judged = dict(
+        result_properties(PointRecord.of(result, Verdicts((), (), Goodput(3, 3, 2.0, None), (ttft,))))
+    )
+    assert {k: v for k, v in judged.items() if k.startswith("greenllm_slo")} == {
+        "greenllm_slo_met": True,
+        "greenllm_slo": "met",
+        "greenllm_slo_ttft_p99": "met",
+        "greenllm_slo_ttft_p99_estimate": 10.0,
+        "greenllm_slo_ttft_p99_bound": 10.0,
+        "greenllm_slo_ttft_p99_confidence": 0.95,
     }
     unmetered = PointResult(point, None, (earlier,))
     quiet = Verdicts((), (), Goodput(1, 1, 4.0, None))

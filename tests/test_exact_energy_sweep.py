@@ -1,5 +1,6 @@
-"""A sweep on the fake device reports where each point's energy went (prefill, decode),
-the figures other tools report, and how many passes its minimum window took."""
+"""A sweep on the fake device reports the figures other tools report, how many passes its
+minimum window took, and, at a constant load where tokens truly cost nothing extra, no
+prefill/decode split it cannot measure (tests/test_phases.py recovers known ones)."""
 
 from __future__ import annotations
 
@@ -24,27 +25,29 @@ def test_fake_sweep_report_has_the_phase_split_and_the_new_figures(
     assert report["schema_version"] == 2
     for point in report["points"]:
         summary = point["summary"]
-        for figure in ("j_per_prefill_token", "j_per_decode_token", "j_per_total_token"):
-            assert summary[figure] > 0, figure
-        assert summary["j_per_total_token"] < summary["j_per_output_token"]
+        assert 0 < summary["j_per_total_token"] < summary["j_per_output_token"]
         assert summary["energy_above_idle_j"] is not None and summary["edp_js"] > 0
-        # (GREENLLM_FAKE_LOAD holds at idle too, at the unlocked clock: "idle" draws more
-        # than the locked point, so the static share says nothing here but that it exists.)
-        assert 0 < summary["prefill_share"] < 1 and summary["static_share"] > 0
+        # GREENLLM_FAKE_LOAD holds at rest too, and idle is measured at the point's locked
+        # clock: the GPU draws its idle power the whole window.
+        assert summary["static_share"] == pytest.approx(1, abs=0.03)
+        assert summary["j_per_prefill_token"] is None and summary["prefill_share"] is None
         [repeat] = point["repeats"]
         # 8 requests of 4 tokens at batch 2 take 16 steps of 10 ms: a 0.5 s window needs
         # several passes, each complete.
         assert repeat["passes"] >= 3
         assert repeat["metrics"]["requests"] == 8 * repeat["passes"]
         energy = repeat["energy"]
-        assert energy["timeline_power"] == "instant" and energy["steady_from"] == "counter"
+        assert energy["timeline_power"] == "instant"
+        # A 31 ms steady state is under 10 updates of the 20 ms counter: left out, and said.
+        assert energy["steady_from"] is None and "short-window" in energy["warning_kinds"]
         phases = energy["phases"]
         assert phases["tokens_from"] == "scheduler" and phases["steps"] > 0
         input_tokens = int(point["id"].split("x")[0])
         assert phases["prefill_tokens"] == 8 * input_tokens * repeat["passes"]
         assert phases["decode_tokens"] == 8 * 3 * repeat["passes"]
-        total = phases["prefill_j"] + phases["decode_j"] + phases["idle_j"]
-        assert total == pytest.approx(energy["energy_j"], rel=0.1)
+        # Tokens cost nothing here: a split is not stated, and why is.
+        assert phases["method"] == "unidentified" and phases["reason"]
+        assert phases["j_per_prefill_token"] is None
         assert point["verdicts"]["goodput"]["good_requests_per_kj"] is not None
         # The power limit of every point: left alone here (the axis has its own tests).
         assert point["config"]["power_limit_w"] is None and point["power_limit_w"] is None

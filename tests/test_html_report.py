@@ -45,26 +45,27 @@ def sweep_html(sweep_report: Path) -> str:
 
 def _phases(prefill_j: float, decode_j: float) -> PhaseSplit:
     return PhaseSplit(
-        method="fit",
+        method="regression",
         tokens_from="scheduler",
-        prefill_j=prefill_j,
-        decode_j=decode_j,
-        idle_j=0.0,
-        mixed_j=0.0,
         prefill_tokens=1024,
         decode_tokens=504,
         prefill_s=0.1,
         decode_s=1.0,
         mixed_s=0.0,
         idle_s=0.0,
-        prefill_power_w=None,
-        decode_power_w=None,
-        mixed_power_w=None,
         steps=70,
         counter_updates=12,
         j_per_prefill_token=prefill_j / 1024,
         j_per_decode_token=decode_j / 504,
         prefill_share=prefill_j / (prefill_j + decode_j),
+        j_per_prefill_token_se=prefill_j / 1024 / 20,
+        j_per_decode_token_se=decode_j / 504 / 20,
+        prefill_share_se=0.01,
+        static_power_w=80.0,
+        static_power_w_se=4.0,
+        condition_number=12.0,
+        intervals=11,
+        degrees_of_freedom=8,
     )
 
 

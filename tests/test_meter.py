@@ -16,7 +16,15 @@ from pytest_greenllm.devices import fake_nvml as model
 from pytest_greenllm.devices.base import EnergySource
 from pytest_greenllm.devices.fake_nvml import IDLE_POWER_W, FakeNvml
 from pytest_greenllm.devices.nvml import NvmlSession
-from pytest_greenllm.meter import COUNTER, SAMPLED, EnergyMeter, WindowResult, reason_names, trapezoid_j
+from pytest_greenllm.meter import (
+    COUNTER,
+    EDGE_POLL_S,
+    SAMPLED,
+    EnergyMeter,
+    WindowResult,
+    reason_names,
+    trapezoid_j,
+)
 from pytest_greenllm.options import PYTEST_PREFIX
 
 GPU_IS_LOST = 15  # NVML_ERROR_GPU_IS_LOST
@@ -24,8 +32,8 @@ IDLE_C = round(model.IDLE_TEMPERATURE_C)
 
 
 class ManualClock:
-    """Time that moves only when the test says, shared by a fake and its meter: windows that
-    start and end on the same phase of the fake counter's 100 ms updates read exact energies."""
+    """Time that moves only when the test says, shared by a fake and its meter (whose waits
+    for the counter's updates at a window's edges move it too)."""
 
     def __init__(self, start_s: float = 0.0) -> None:
         self.now_s = start_s
@@ -45,11 +53,12 @@ def run_for(clock: ManualClock, seconds: float, hz: float = 100.0) -> None:
         time.sleep(1 / hz)
 
 
-def meter_on(
-    fake: FakeNvml, clock: Callable[[], float] = time.monotonic, min_window_s: float = 1.0
-) -> EnergyMeter:
+def meter_on(fake: FakeNvml, clock: ManualClock | None = None, min_window_s: float = 1.0) -> EnergyMeter:
+    """A 100 Hz meter on ``fake``, in real time or on the manual ``clock``."""
     gpus = NvmlSession(fake).gpus
-    return EnergyMeter(gpus, sample_hz=100, min_window_s=min_window_s, clock=clock)
+    if clock is None:
+        return EnergyMeter(gpus, sample_hz=100, min_window_s=min_window_s)
+    return EnergyMeter(gpus, sample_hz=100, min_window_s=min_window_s, clock=clock, sleep=clock.advance)
 
 
 def rig(gpus: int = 1, load: float = 0.0) -> tuple[ManualClock, FakeNvml, EnergyMeter]:
@@ -84,6 +93,11 @@ def dynamic_w(load: float) -> float:
     return (model.MAX_POWER_W - IDLE_POWER_W) * load
 
 
+def power_w(load: float) -> float:
+    """The fake's power at full clock. Units: W."""
+    return IDLE_POWER_W + dynamic_w(load)
+
+
 def test_counter_and_sampled_paths_agree_on_a_constant_load() -> None:
     clock = ManualClock()
     fakes = [
@@ -94,17 +108,21 @@ def test_counter_and_sampled_paths_agree_on_a_constant_load() -> None:
     for fake in fakes:
         fake.set_load(0.6)
     clock.advance(0.05)
-    true_start = [f.true_energy_mj(0) for f in fakes]
     for meter in meters:
         meter.begin("w")
     run_for(clock, 2.0)
     counted, sampled = (m.end("w") for m in meters)
-    true_j = [(f.true_energy_mj(0) - s) / 1000 for f, s in zip(fakes, true_start)]
     assert (counted.method, sampled.method) == (COUNTER, SAMPLED)
     assert counted.devices[0].samples > 50 and sampled.devices[0].samples > 50
-    assert counted.energy_j == pytest.approx(sampled.energy_j, rel=0.02)
-    assert counted.energy_j == pytest.approx(true_j[0], abs=0.002)  # whole mJ at each end
-    assert sampled.energy_j == pytest.approx(true_j[1], rel=0.02)
+    assert counted.energy_j / counted.duration_s == pytest.approx(
+        sampled.energy_j / sampled.duration_s, rel=0.02
+    )
+    # The constant power over the span the window reports, to a poll of the counter at each
+    # edge (the span's error).
+    assert counted.energy_j == pytest.approx(
+        power_w(0.6) * counted.duration_s, abs=power_w(0.6) * EDGE_POLL_S
+    )
+    assert sampled.energy_j == pytest.approx(power_w(0.6) * sampled.duration_s, rel=0.02)
     disagreement = counted.devices[0].disagreement
     assert disagreement is not None and disagreement < 0.02
 
@@ -145,7 +163,6 @@ def test_trapezoid_of_fewer_than_two_samples_is_zero() -> None:
 
 def test_failed_power_reads_leave_a_gap_but_the_counter_still_measures() -> None:
     clock, fake, meter = rig(load=0.5)
-    start_mj = fake.true_energy_mj(0)
     with meter.window() as handle:
         run_for(clock, 0.2)
         # The power the meter reads: the instantaneous field, which the fake GPU offers.
@@ -156,7 +173,7 @@ def test_failed_power_reads_leave_a_gap_but_the_counter_still_measures() -> None
     assert handle.result is not None
     result, [device] = handle.result, handle.result.devices
     assert device.missing_samples > 0 and device.samples > 0 and device.method == COUNTER
-    assert result.energy_j == pytest.approx((fake.true_energy_mj(0) - start_mj) / 1000, abs=0.002)
+    assert result.energy_j == pytest.approx(power_w(0.5) * result.duration_s, abs=power_w(0.5) * EDGE_POLL_S)
     total = device.samples + device.missing_samples
     assert f"gpu0: {device.missing_samples} of {total} samples could not be read" in result.warnings
     # The integral bridges the gap rather than dropping its energy.
@@ -228,12 +245,23 @@ def test_short_windows_are_flagged_with_what_to_change() -> None:
     short, long = measured(meter, clock, 1.0), measured(meter, clock, 5.0)
     assert short.short and not long.short and long.warnings == ()
     [warning] = short.warnings
-    assert "1.00 s" in warning and "5 s minimum" in warning and "--greenllm-requests" in warning
-    clock.advance(0.96)
-    # Both counter reads fall between the same two 100 ms updates of an idle GPU.
+    assert "1.10 s" in warning and "5 s minimum" in warning and "--greenllm-requests" in warning
+    assert short.warning_kinds == ("short-window",)
+    # Shorter than the counter's 100 ms: it still spans, and reads, a whole update.
     tiny = measured(meter, clock, 0.05)
-    assert tiny.energy_j == 0 and tiny.short
-    assert any("read 0 J over 0.050 s" in w and "longer window" in w for w in tiny.warnings)
+    assert tiny.short and tiny.duration_s == pytest.approx(0.1)
+    assert tiny.energy_j == pytest.approx(IDLE_POWER_W * 0.1, abs=0.002)
+
+
+def test_a_window_that_reads_0_j_says_so() -> None:
+    clock = ManualClock()
+    # 70 uW: the counter's whole mJ do not move in a window, nor while its edges wait.
+    meter = meter_on(FakeNvml(gpus=1, clock=clock, noise=0.0, power_scale=1e-6), clock)
+    clock.advance(0.05)
+    tiny = measured(meter, clock, 0.05)
+    assert tiny.energy_j == 0
+    assert any("read 0 J over" in w and "longer window" in w for w in tiny.warnings)
+    assert "short-window" in tiny.warning_kinds and len(tiny.warning_kinds) == len(tiny.warnings)
 
 
 def test_counter_and_integrated_power_are_cross_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,17 +303,18 @@ def test_per_device_figures_and_imbalance() -> None:
     clock = ManualClock()
     loads = (0.2, 0.9)
     gpus = NvmlSession(FakeNvml(gpus=2, clock=clock, noise=0.0, load=lambda i: loads[i])).gpus
-    meter = EnergyMeter(gpus, clock=clock, min_window_s=1.0)
+    meter = EnergyMeter(gpus, clock=clock, sleep=clock.advance, min_window_s=1.0)
     clock.advance(0.05)
     both, second = measured(meter, clock, 1.0), measured(meter, clock, 1.0, sources=[gpus[1]])
-    watts = [IDLE_POWER_W + dynamic_w(load) for load in loads]
+    watts = [power_w(load) for load in loads]
     assert [d.label for d in both.devices] == ["gpu0", "gpu1"]
-    assert [d.energy_j for d in both.devices] == pytest.approx(watts, rel=1e-3)
-    assert both.energy_j == pytest.approx(sum(watts), rel=1e-3)
+    assert [d.avg_power_w for d in both.devices] == pytest.approx(watts, rel=1e-3)
+    assert both.energy_j == pytest.approx(sum(watts) * both.duration_s, rel=1e-3)
+    assert both.avg_power_w == pytest.approx(sum(watts), rel=1e-3)
     assert both.imbalance == pytest.approx((watts[1] - watts[0]) / (sum(watts) / 2), rel=1e-3)
     assert both.timeline and all(w == pytest.approx(sum(watts)) for _, w in both.timeline)
     assert [d.label for d in second.devices] == ["gpu1"] and second.imbalance is None
-    assert second.energy_j == pytest.approx(watts[1], rel=1e-3)
+    assert second.energy_j == pytest.approx(watts[1] * second.duration_s, rel=1e-3)
     stranger = NvmlSession(FakeNvml(gpus=3)).gpus[2]
     with pytest.raises(ValueError, match="gpu2"):
         meter.begin("x", sources=[stranger])
@@ -296,9 +325,8 @@ def test_per_device_figures_and_imbalance() -> None:
 def test_idle_is_measured_once_and_subtracted_later() -> None:
     clock, fake, meter = rig(gpus=2)
     before = measured(meter, clock, 1.0)
-    idle = meter.measure_idle(1.0, sleep=clock.advance)
+    idle = meter.measure_idle(1.0)
     fake.set_load(0.5)
-    clock.advance(0.1)  # past a counter update, so its lag spans the new power at both ends
     busy = measured(meter, clock, 2.0)
     assert before.idle_power_w is None and before.energy_above_idle_j is None
     assert meter.idle is idle
@@ -307,14 +335,14 @@ def test_idle_is_measured_once_and_subtracted_later() -> None:
     assert busy.idle_power_w == pytest.approx(2 * IDLE_POWER_W, rel=1e-3)
     above = busy.energy_j - 2 * IDLE_POWER_W * busy.duration_s
     assert busy.energy_above_idle_j == pytest.approx(above, rel=1e-3)
-    assert busy.energy_above_idle_j == pytest.approx(2 * dynamic_w(0.5) * 2.0, rel=1e-3)
+    assert busy.energy_above_idle_j == pytest.approx(2 * dynamic_w(0.5) * busy.duration_s, rel=1e-3)
 
 
 def test_cool_down_returns_at_once_without_idle_state_or_time() -> None:
     clock, fake, meter = rig()
     slept: list[float] = []
     assert meter.cool_down(60.0, sleep=slept.append) == (0.0, True)
-    meter.measure_idle(1.0, sleep=clock.advance)
+    meter.measure_idle(1.0)
     fake.set_load(1.0)
     clock.advance(300.0)
     assert meter.cool_down(0.0, sleep=slept.append) == (0.0, True)
@@ -324,7 +352,7 @@ def test_cool_down_returns_at_once_without_idle_state_or_time() -> None:
 @pytest.mark.parametrize("max_wait_s", [120.0, 10.0])
 def test_cool_down_waits_until_within_the_margin_or_gives_up(max_wait_s: float) -> None:
     clock, fake, meter = rig(gpus=2)
-    meter.measure_idle(1.0, sleep=clock.advance)
+    meter.measure_idle(1.0)
     fake.set_load(1.0)
     clock.advance(300.0)  # 15 thermal time constants: as hot as full load gets
     fake.set_load(0.0)

@@ -164,7 +164,7 @@ def test_meter_over_rapl_counts_energy_and_derives_power(tmp_path: Path) -> None
     [(t_s, w)] = result.timeline
     assert t_s == 1.0 and w == pytest.approx(40.0)  # at the midpoint of the one interval
     assert result.peak_power_w == pytest.approx(40.0) and result.avg_power_w == pytest.approx(40.0)
-    assert device.missing_samples == 0 and result.warnings == ()
+    assert device.missing_samples == 0 and result.warning_kinds == ("counter",)
 
 
 def test_meter_over_rapl_follows_a_live_counter(tmp_path: Path) -> None:

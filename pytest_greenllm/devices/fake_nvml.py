@@ -9,7 +9,9 @@ The model behind it: an H100 SXM whose power rises with load and with the square
 SM clock, capped by the power limit (which then lowers the clock, as the driver does); a
 temperature that follows power with a lag; an energy counter that integrates the true power
 exactly but shows it only as of its last update, every ``counter_period_s`` (100 ms by
-default; NVML's counter updates every 20-100 ms). As on Hopper, ``nvmlDeviceGetPowerUsage``
+default; NVML's counter updates every 20-100 ms), and that restarts from 0 every
+``counter_reset_s`` where that is set (a driver reset; ``$GREENLLM_FAKE_COUNTER_RESET``
+seconds for the fake device). As on Hopper, ``nvmlDeviceGetPowerUsage``
 and the NVML_FI_DEV_POWER_AVERAGE field report the trailing one-second average of the true
 power, so a step of load shows there over a second, while the NVML_FI_DEV_POWER_INSTANT field
 reports the power now; every power reading carries Gaussian noise. Locked clocks and power
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pynvml
+
+from pytest_greenllm.devices.errors import DeviceUnavailable
 
 NVMLError = pynvml.NVMLError
 NVML_CLOCK_GRAPHICS = pynvml.NVML_CLOCK_GRAPHICS
@@ -57,6 +61,23 @@ AVERAGING_WINDOW_S = 1.0  # Hopper's nvmlDeviceGetPowerUsage: a trailing 1 s ave
 REASON_GPU_IDLE = 0x1
 REASON_SW_POWER_CAP = 0x4
 
+# Seconds between driver resets of the fake device's energy counter (unset: none).
+COUNTER_RESET_ENV = "GREENLLM_FAKE_COUNTER_RESET"
+
+
+def counter_reset_from_env() -> float | None:
+    """``$GREENLLM_FAKE_COUNTER_RESET`` in seconds, None where unset. Units: s."""
+    text = os.environ.get(COUNTER_RESET_ENV, "")
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise DeviceUnavailable(f"${COUNTER_RESET_ENV}={text!r} must be a number of seconds > 0")
+    return seconds
+
 
 @dataclass
 class _Gpu:
@@ -66,6 +87,7 @@ class _Gpu:
     power_limit_mw: int = POWER_LIMIT_RANGE_MW[1]
     energy_mj: float = 0.0  # exact integral of the true power since init. Units: mJ.
     counter_mj: float = 0.0  # energy_mj at the counter's last update. Units: mJ.
+    counter_zero_mj: float = 0.0  # energy_mj at the counter's last reset. Units: mJ.
     # (time in s, energy_mj) at each advance, back to the last one at or before the
     # averaging window's start: energy is linear between them, as power is constant.
     energy_history: deque[tuple[float, float]] = field(default_factory=deque)
@@ -147,6 +169,8 @@ class FakeNvml:
     persistence: bool = True  # persistence mode, as `nvidia-smi -pm` leaves it
     instant_power: bool = True  # False: a GPU without the NVML_FI_DEV_POWER_INSTANT field
     counter_period_s: float = 0.1  # how often the energy counter updates. Units: s.
+    # How often a driver reset restarts the energy counter from 0; None: never. Units: s.
+    counter_reset_s: float | None = field(default_factory=counter_reset_from_env)
     driver_loaded: bool = True
     _failures: dict[str, int] = field(default_factory=dict)
     _constant_load: float = 0.0
@@ -237,6 +261,10 @@ class FakeNvml:
             if last_update > gpu.last_t:
                 # Power was constant since last_t, so the energy at the update is exact.
                 gpu.counter_mj = gpu.energy_mj + gpu.power_w * (last_update - gpu.last_t) * 1000
+            if self.counter_reset_s is not None:
+                last_reset = math.floor(now / self.counter_reset_s) * self.counter_reset_s
+                if last_reset > gpu.last_t:
+                    gpu.counter_zero_mj = gpu.energy_mj + gpu.power_w * (last_reset - gpu.last_t) * 1000
             gpu.energy_mj += gpu.power_w * dt * 1000
             target = IDLE_TEMPERATURE_C + KELVIN_PER_WATT * (gpu.power_w - IDLE_POWER_W)
             gpu.temperature_c = target + (gpu.temperature_c - target) * math.exp(
@@ -417,8 +445,9 @@ class FakeNvml:
         gpu = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
         if not self.energy_counter:
             raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        # The counter shows the energy at its last update, up to counter_period_s ago.
-        return math.floor(gpu.counter_mj)
+        # The counter shows the energy at its last update, up to counter_period_s ago, since
+        # its last reset (0 until it updates after one).
+        return math.floor(max(0.0, gpu.counter_mj - gpu.counter_zero_mj))
 
     @_serialised
     def nvmlDeviceGetPersistenceMode(self, handle: _Handle) -> int:
