@@ -161,9 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--tolerance", default="5%", help="the tolerance to size repeats for. Default: 5%%."
     )
-    calibrate.add_argument(
-        "pytest_args", nargs=argparse.REMAINDER, help="after --: the arguments of each run's pytest"
-    )
     merge = commands.add_parser(
         "merge",
         help="merge the reports of a sharded sweep into one report",
@@ -356,7 +353,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     tolerance = parse_tolerance(
         Raw(OPTIONS_BY_NAME["energy-tolerance"], args.tolerance, f"--tolerance={args.tolerance}")
     )
-    pytest_args = [a for a in args.pytest_args if a != "--"]
+    pytest_args = list(args.pytest_args)
     if args.runs is not None:
         if args.runs < 2:
             raise pytest.UsageError(f"--runs={args.runs}: between-run noise needs at least 2 runs")
@@ -478,7 +475,16 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``greenllm`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # calibrate passes what follows its first '--' to each run's pytest untouched: argparse
+    # would read a pytest option there as its own, and a REMAINDER beside the reports as a
+    # report.
+    pytest_args: list[str] = []
+    if argv[:1] == ["calibrate"] and "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    args.pytest_args = pytest_args
     commands = {
         "reset-clocks": _reset_clocks,
         "compare": _compare,

@@ -1,9 +1,10 @@
-"""Verdicts over measured points: SLOs, goodput, and the energy-regression test (pure).
+"""Verdicts over measured points: SLO specifications, goodput, and the energy-regression
+test (pure). The SLOs themselves are judged in ``slo_verdicts.py``.
 
 The regression test compares J per output token (and average power) of one point in two
 runs, over their repeats, with the gate of ``gate.py`` (docs/gate.md): regressed, ok, or
 inconclusive where the repeats are too few for their noise. With one repeat on each side
-there is no spread to test against: the plain threshold decides, and the verdict says so.
+and nothing else to estimate the noise from, it is inconclusive, and says why.
 """
 
 from __future__ import annotations

@@ -285,7 +285,6 @@ def test_calibrate_from_reports_prints_the_table_and_writes_the_profile(
 # argparse then puts what follows '--' into the reports, and options after the reports into
 # the pytest arguments. These cases fail until the arguments after '--' are split off before
 # parsing (the report of this change says how); strict, so that the fix shows.
-ARGV_BUG = pytest.mark.xfail(strict=True, reason="cli.py: calibrate's '--' and REMAINDER")
 
 
 @pytest.mark.parametrize(
@@ -296,12 +295,9 @@ ARGV_BUG = pytest.mark.xfail(strict=True, reason="cli.py: calibrate's '--' and R
         pytest.param(
             ["calibrate", "a.json", "b.json", "--", "-k", "x"],
             "pytest arguments after -- apply to --runs K only",
-            marks=ARGV_BUG,
         ),
         (["calibrate", "--tolerance=-5%", "a.json", "b.json"], "tolerance"),
-        pytest.param(
-            ["calibrate", "a.json", "b.json", "--tolerance=10%"], "a.json: cannot read", marks=ARGV_BUG
-        ),
+        pytest.param(["calibrate", "a.json", "b.json", "--tolerance=10%"], "a.json: cannot read"),
         (["calibrate"], "calibration needs at least 2 runs' reports, got 0"),
     ],
 )
@@ -389,7 +385,6 @@ def test_calibrate_runs_k_sweeps_and_pools_their_reports(
     assert "calibration run 1 of 2 exited 1" in capsys.readouterr().err
 
 
-@ARGV_BUG
 def test_calibrate_passes_the_arguments_after_the_dashes_to_each_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
