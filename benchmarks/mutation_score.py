@@ -114,6 +114,12 @@ def outcomes(results: str) -> dict[str, str]:
     return {m["name"]: m["status"] for line in results.splitlines() if (m := RESULT_LINE.match(line))}
 
 
+def mutant_order(name: str) -> tuple[str, int]:
+    """Sorts ``f__mutmut_2`` before ``f__mutmut_10``."""
+    stem, _, number = name.rpartition("_")
+    return stem, int(number) if number.isdigit() else -1
+
+
 def report(status: dict[str, str], modules: list[str], tests: list[str]) -> list[str]:
     """The score, the count of each outcome, and the mutants no test caught, by name."""
     counts = Counter(status.values())
@@ -127,7 +133,7 @@ def report(status: dict[str, str], modules: list[str], tests: list[str]) -> list
         "  " + ", ".join(f"{s} {n}" for s, n in counts.most_common()),
     ]
     for kind in ("survived", "no tests", "suspicious", "segfault", "not checked"):
-        names = sorted(name for name, s in status.items() if s == kind)
+        names = sorted((name for name, s in status.items() if s == kind), key=mutant_order)
         if names:
             lines += [f"{kind} ({len(names)}):", *(f"  {name}" for name in names)]
     return lines
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NO_SCORE
         print("\n".join(report(status, args.modules, args.tests)))
         if args.diffs:
-            for name in sorted(n for n, s in status.items() if s == "survived"):
+            for name in sorted((n for n, s in status.items() if s == "survived"), key=mutant_order):
                 print(mutmut(directory, "show", name, capture=True).stdout)
     return EXIT_REPORTED
 

@@ -504,11 +504,13 @@ class EnergyMeter:
             above_j += device.energy_j - idle_w * span_s
         if not math.isfinite(above_j):
             return total_w, None
+        # Any negative is said, however small: a device whose power never leaves idle reads
+        # a hair either side of it, and the warning's last clause says so.
         if above_j < 0:
             average_w = sum(d.avg_power_w for d in devices)
             warnings.append(
                 (
-                    f"energy above idle is negative ({above_j:.1f} J): the window averaged "
+                    f"energy above idle is negative ({above_j:.3g} J): the window averaged "
                     f"{average_w:.1f} W against {total_w:.1f} W at idle; idle was measured under "
                     "another load, or the work draws too little to tell from idle",
                     IDLE_KIND,

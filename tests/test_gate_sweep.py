@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from fake_engine import STEP_ENV, sweep_knobs
 
+from pytest_greenllm.gate import Noise
+from pytest_greenllm.noise import NoiseProfile, write_profile
+
 KNOBS = (*sweep_knobs(0.3, 2, "8:4,16:4,32:4"), "--greenllm-batch=1,2")
 POINTS = 6
 
@@ -50,7 +53,22 @@ def test_ten_percent_more_power_regresses_every_point_and_none_unchanged(
     assert verdicts(steady.path / "worse.json") == ["regressed"] * POINTS
     worse.stdout.fnmatch_lines(["*energy regression at *avg_power_w * (+*%, interval *; tolerance 5%*"])
 
+    # Unchanged, judged with a noise profile of this box (greenllm calibrate's file): its
+    # run-to-run spread joins the repeats' own.
     isolated_device.delenv("GREENLLM_FAKE_POWER_SCALE")
-    same = steady.runpytest(*KNOBS, "--greenllm-baseline=base.json", "--greenllm-json=same.json")
+    noise = Noise(within_var=0.01**2, within_df=20, between_var=0.01**2, between_df=4)
+    profile = NoiseProfile(
+        report["fingerprint"], {"j_per_output_token": noise, "avg_power_w": noise}, 5, POINTS
+    )
+    write_profile(steady.path / "noise.json", profile)
+    same = steady.runpytest(
+        *KNOBS, "--greenllm-baseline=base.json", "--greenllm-noise=noise.json", "--greenllm-json=same.json"
+    )
     same.assert_outcomes(passed=POINTS)
+    same.stdout.fnmatch_lines(
+        ["greenllm: noise profile noise.json: j_per_output_token within 1.0%, between runs 1.0%*"]
+    )
     assert "regressed" not in verdicts(steady.path / "same.json")
+    judged = json.loads((steady.path / "same.json").read_text())
+    methods = {r["method"] for p in judged["points"] for r in p["verdicts"]["regressions"]}
+    assert methods == {"t (repeats and noise profile)"}

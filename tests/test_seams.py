@@ -165,8 +165,12 @@ def test_third_party_backend_and_driver_sweep_through_the_hooks(pytester: pytest
             assert energy["energy_j"] == pytest.approx(expected_w * duration_s, rel=0.2)
             # Every output token the driver stamped is counted, as forced.
             assert repeat["metrics"]["output_tokens"] == 4 * 4
-            # Per-point sources and a window above the minimum: nothing to warn about.
-            assert energy["warnings"] == []
+            # Per-point sources and a window above the minimum: nothing to warn about but a
+            # steady state of a few requests, shorter than 10 of the board's counter updates,
+            # and a board that draws its idle power whatever it does, which reads a hair
+            # either side of idle.
+            assert set(energy["warning_kinds"]) <= {"short-window", "idle"}
+            assert all("steady state" in w or "above idle" in w for w in energy["warnings"])
     result.stdout.fnmatch_lines(
         [
             "greenllm: 2 points, 1 engine build, device=boardmeter (board)",

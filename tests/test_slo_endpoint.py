@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from test_endpoint import FakeServer, running
@@ -26,7 +27,7 @@ def known_law_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeS
         yield server
 
 
-def judge(pytester: pytest.Pytester, server: FakeServer, limit_ms: float) -> dict[str, object]:
+def judge(pytester: pytest.Pytester, server: FakeServer, limit_ms: float) -> dict[str, Any]:
     result = pytester.runpytest(
         "--greenllm",
         f"--greenllm-endpoint={server.url}",
