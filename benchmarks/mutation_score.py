@@ -5,7 +5,8 @@ mutmut changes one operator, constant or call at a time in the modules below (``
 changed function; a mutant that no test fails on "survived", and names a test that is
 missing. The modules default to the gate and its verdicts (``gate.py``, ``verdicts.py``,
 ``history.py``, ``slo_verdicts.py``), judged by their unit tests (``test_gate.py``,
-``test_verdicts.py``, ``test_slo_verdicts.py``); a file not in the checkout is left out.
+``test_verdicts.py``, ``test_slo_verdicts.py``, and ``test_compare_cli.py`` for the
+history); a file not in the checkout is left out.
 
 mutmut 3 writes every mutant into a ``mutants/`` folder beside the configuration it reads,
 so the run happens in a temporary copy of the package, the tests and ``pyproject.toml``, with
@@ -50,7 +51,13 @@ MODULES = (
     "pytest_greenllm/history.py",
     "pytest_greenllm/slo_verdicts.py",
 )
-TESTS = ("tests/test_gate.py", "tests/test_verdicts.py", "tests/test_slo_verdicts.py")
+# test_compare_cli.py holds history.py's tests: folders of reports pooled into a baseline.
+TESTS = (
+    "tests/test_gate.py",
+    "tests/test_verdicts.py",
+    "tests/test_slo_verdicts.py",
+    "tests/test_compare_cli.py",
+)
 # What the tests import and read: the package, the tests' helpers, the root conftest
 # (hypothesis profiles, pytester) and pyproject.toml (pytest's settings, and mutmut's).
 COPIED = ("pytest_greenllm", "tests", "conftest.py", "pyproject.toml")
@@ -132,6 +139,14 @@ def report(status: dict[str, str], modules: list[str], tests: list[str]) -> list
         f"  by {', '.join(tests)}",
         "  " + ", ".join(f"{s} {n}" for s, n in counts.most_common()),
     ]
+    # A method's mutant is module.xǁClassǁmethod__mutmut_N: the module is all before the last dot.
+    by_module: dict[str, Counter[str]] = {}
+    for name, outcome in status.items():
+        by_module.setdefault(name.rpartition(".")[0], Counter())[outcome] += 1
+    for module, module_counts in sorted(by_module.items()):
+        module_judged = module_counts.total() - sum(module_counts[s] for s in NOT_RUN)
+        module_caught = sum(module_counts[s] for s in CAUGHT)
+        lines.append(f"  {module}: {module_caught}/{module_judged} caught")
     for kind in ("survived", "no tests", "suspicious", "segfault", "not checked"):
         names = sorted((name for name, s in status.items() if s == kind), key=mutant_order)
         if names:

@@ -508,3 +508,38 @@ def test_failures_list_slo_misses_then_regressions() -> None:
     missed = Violation("tbt_p99", 250.0, 200.0, "ms")
     lines = Verdicts((missed,), (regressed,), NO_GOODPUT).failures("p")
     assert lines == [missed.message("p"), regressed.message("p")]
+
+
+def test_regression_judges_at_the_looks_it_is_given() -> None:
+    """A sequential run's boundary is wider than one look's: dropping ``looks`` on the way to
+    the gate would narrow the interval and inflate the error rates."""
+    base, head = [[1.0, 1.02, 0.98, 1.01, 0.99]], [1.05, 1.07, 1.03, 1.06, 1.04]
+    one = regression("j_per_output_token", base, head, 0.05)
+    sequential = regression("j_per_output_token", base, head, 0.05, looks=tuple(range(2, 11)))
+    assert one.ci_low is not None and sequential.ci_low is not None
+    assert sequential.ci_low < one.ci_low and sequential.ci_high > one.ci_high  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("base", "head", "message"),
+    [
+        ([[]], [1.0], "both runs need at least one repeat"),
+        ([[1.0]], [], "both runs need at least one repeat"),
+        ([[1.0, 0.0]], [1.0], "every repeat needs a finite value > 0"),
+        ([[1.0]], [math.nan], "every repeat needs a finite value > 0"),
+    ],
+)
+def test_regression_refuses_repeats_without_a_value(
+    base: list[list[float]], head: list[float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        regression("avg_power_w", base, head, 0.05)
+
+
+def test_a_legacy_violation_says_which_side_of_its_limit_it_fell() -> None:
+    assert Violation("ttft_p99", 2500.0, 2000.0, "ms").message("p") == (
+        "SLO missed at p: ttft_p99 = 2500 ms > limit 2000 ms"
+    )
+    assert Violation("throughput_min", 40.0, 50.0, "tok/s").message("p") == (
+        "SLO missed at p: throughput_min = 40 tok/s < limit 50 tok/s"
+    )
