@@ -224,6 +224,8 @@ def greenllm_result(
     """
     __tracebackhide__ = True
     sweep, driver = greenllm_session.sweep, greenllm_session.driver
+    meter = sweep.meter_or_none()
+    sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
     failure: str | None = None
     try:
         spec = sweep.engine_spec(greenllm_point)
@@ -232,10 +234,6 @@ def greenllm_result(
         _, build_s = greenllm_session.engine_for(spec)
         if build_s is not None:
             request.node.stash[build_time_key] = build_s
-        # After the build: the idle of a new clock or power-limit state is measured here,
-        # with the engine's CUDA context alive, as the point will run.
-        meter = sweep.meter_or_none()
-        sources, note = sweep.point_sources(greenllm_point) if meter is not None else (None, None)
         passes = sweep.results.passes_for(greenllm_point)
         run = PointRun(
             sweep.settings, driver, meter, sources, spec, greenllm_point, locked_clocks, passes, note

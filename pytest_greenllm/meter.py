@@ -510,7 +510,7 @@ class EnergyMeter:
             average_w = sum(d.avg_power_w for d in devices)
             warnings.append(
                 (
-                    f"energy above idle is negative ({above_j:.3g} J): the window averaged "
+                    f"energy above idle is negative ({above_j:.1f} J): the window averaged "
                     f"{average_w:.1f} W against {total_w:.1f} W at idle; idle was measured under "
                     "another load, or the work draws too little to tell from idle",
                     IDLE_KIND,
