@@ -139,7 +139,8 @@ def kill_the_engine_core(after_s):
             return
 
 def test_killed(greenllm_point, greenllm_engine, request):
-    threading.Thread(target=kill_the_engine_core, args=(1.0,), daemon=True).start()
+    # Past the idle measurement of the point's clock state (1 s at rest, before its run).
+    threading.Thread(target=kill_the_engine_core, args=(4.0,), daemon=True).start()
     request.getfixturevalue("greenllm_result")
 """
 
