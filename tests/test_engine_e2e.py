@@ -45,8 +45,8 @@ def test_sweep_on_real_vllm(pytester: pytest.Pytester) -> None:
     assert returned == ["returned"] * 4, out[-3000:]
     for point in ("64x16-tp1-b2", "128x32-tp2-b4"):
         # point, repeats, TTFT p99, TBT p99, tok/s, J/tok, avg W, J/prefill and J/decode
-        # token, SLO verdict
-        row = rf"{point}-1410MHz +1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.e-]+ +[\d.e-]+ +ok"
+        # token (or '-' where the split is not identified), SLO verdict ('-': none checked)
+        row = rf"{point}-1410MHz +1 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.e-]+ +[\d.e-]+ +-"
         assert re.search(row, out), out[-3000:]
     xml = (pytester.path / "report.xml").read_text()
     assert xml.count('name="greenllm_j_per_output_token"') == 8
@@ -62,4 +62,9 @@ def test_sweep_on_real_vllm(pytester: pytest.Pytester) -> None:
         assert phases["tokens_from"] == "scheduler", point["id"]
         assert phases["prefill_tokens"] == requests * workload["input_tokens"], point["id"]
         assert phases["decode_tokens"] == requests * (workload["output_tokens"] - 1), point["id"]
-        assert point["summary"]["j_per_prefill_token"] > 0 and point["summary"]["j_per_decode_token"] > 0
+        # The split is measured, or null with why (the fake's power follows this machine's
+        # CPU use, not tokens): never a rule's output.
+        if phases["reason"] is None:
+            assert point["summary"]["j_per_prefill_token"] > 0 and point["summary"]["j_per_decode_token"] > 0
+        else:
+            assert phases["j_per_prefill_token"] is None and phases["method"] == "unidentified"
